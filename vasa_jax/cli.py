@@ -1,0 +1,158 @@
+"""`vasa-jax` command line: one subcommand per job.
+
+Heavy modules (jax, the models) are imported inside each command, so `vasa-jax --help` is instant.
+Config overrides follow big_vision: `--config configs/latent.py:demo --config.train.num_steps=10`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vasa_jax.errors import VasaInputError
+
+DEFAULT_OUT = "out.mp4"
+
+
+def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
+  try:
+    values = tuple(float(v) for v in text.split(","))
+  except ValueError:
+    values = ()
+  if len(values) != n:
+    raise argparse.ArgumentTypeError(f"--{name} expects {n} comma-separated numbers, got {text!r}")
+  return values
+
+
+def _add_generation_args(p: argparse.ArgumentParser):
+  p.add_argument("--image", help="portrait (any size/format); default: the bundled portrait")
+  p.add_argument("--audio", help="speech (wav/mp3/flac/m4a or a video's track); default: bundled")
+  p.add_argument("--out", default=DEFAULT_OUT, help="output mp4 (default: %(default)s)")
+  p.add_argument("--checkpoint", help="pipeline directory; default: the bundled demo checkpoint")
+  p.add_argument("--gaze", type=lambda s: _floats(s, 2, "gaze"), metavar="THETA,PHI",
+                 help="main gaze direction in radians (default: forward)")
+  p.add_argument("--distance", type=float, help="normalised head-to-camera distance (0 = average)")
+  p.add_argument("--emotion", help="emotion name (neutral, angry, contempt, disgusted, fear, happy,"
+                 " sad, surprised) or comma-separated offset vector")
+  p.add_argument("--cfg-audio", type=float, default=0.5, help="audio guidance scale (paper: 0.5)")
+  p.add_argument("--cfg-gaze", type=float, default=1.0, help="gaze guidance scale (paper: 1.0)")
+  p.add_argument("--steps", type=int, default=None, help="sampling steps (default from checkpoint)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--watermark", action="store_true", help="add a visible 'generated' mark")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="vasa-jax", description="Audio-driven talking faces (VASA-1) in JAX.")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+  p = sub.add_parser("generate", help="portrait + speech -> talking-face mp4")
+  _add_generation_args(p)
+
+  p = sub.add_parser("stream", help="generate from audio fed in chunks, as a live source would")
+  _add_generation_args(p)
+  p.add_argument("--chunk-ms", type=float, default=80.0, help="audio chunk length (ms)")
+
+  p = sub.add_parser("reenact", help="source portrait driven by a video's pose and expressions")
+  p.add_argument("--checkpoint", required=True, help="stage 1 workdir or export")
+  p.add_argument("--source", required=True, help="source portrait")
+  p.add_argument("--driving", required=True, help="driving video")
+  p.add_argument("--out", default="reenact.mp4")
+  p.add_argument("--relative", action="store_true",
+                 help="apply the driver's motion relative to its first frame")
+
+  p = sub.add_parser("preprocess", help="raw talking-face videos -> ArrayRecord shards")
+  p.add_argument("--input", required=True, nargs="+", help="directories, files or globs")
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--persons", help="CSV with columns path,person (e.g. manifest.csv)")
+  p.add_argument("--resolution", type=int, default=128)
+  p.add_argument("--shard-index", type=int, default=0, help="this host's part of the inputs")
+  p.add_argument("--num-shards", type=int, default=1, help="how many hosts split the inputs")
+
+  for name, help_text in (("train", "train stage 1 or stage 2 (the config decides)"),):
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--config", required=True, help="e.g. configs/latent.py:tiny")
+    p.add_argument("--workdir", required=True, help="checkpoints, logs and samples go here")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host)")
+
+  p = sub.add_parser("extract-motion", help="stage 1 encoder over shards -> motion shards")
+  p.add_argument("--latent-checkpoint", required=True)
+  p.add_argument("--shards", required=True, help="directory written by preprocess")
+  p.add_argument("--out", required=True)
+
+  p = sub.add_parser("export", help="bundle stage 1 + stage 2 runs into a pipeline checkpoint")
+  p.add_argument("--latent", required=True, help="stage 1 workdir")
+  p.add_argument("--motion", required=True, help="stage 2 workdir")
+  p.add_argument("--out", required=True)
+
+  p = sub.add_parser("eval", help="lip sync, pose and image quality -> JSON, markdown, plots")
+  p.add_argument("--videos", nargs="+", required=True, help="generated mp4s (with audio)")
+  p.add_argument("--real", nargs="*", default=[], help="real clips for reference figures")
+  p.add_argument("--out", required=True, help="report directory")
+
+  p = sub.add_parser("bench", help="speed table: audio encoder, sampler, decoder, end to end")
+  p.add_argument("--config", default="configs/demo.py:demo")
+  p.add_argument("--checkpoint", help="pipeline directory (default: random weights)")
+  p.add_argument("--seconds", type=float, default=4.0, help="audio length to generate")
+  p.add_argument("--out", help="JSON output path")
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  # `--config.a.b=v` overrides are collected before argparse sees them.
+  overrides = [a for a in argv if a.startswith("--config.")]
+  argv = [a for a in argv if not a.startswith("--config.")]
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if args.command is None:
+    parser.print_help()
+    return 0
+  try:
+    return _run(args, overrides) or 0
+  except VasaInputError as e:
+    print(f"vasa-jax {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _run(args, overrides):  # pylint: disable=too-many-return-statements
+  cmd = args.command
+  if cmd == "preprocess":
+    from vasa_jax.data import preprocess
+    summary = preprocess.preprocess(args.input, args.out, persons_csv=args.persons,
+                                    resolution=args.resolution, shard_index=args.shard_index,
+                                    num_shards=args.num_shards)
+    return 0 if summary.get("clips_written", 1) or summary.get("clips_total", 1) else 1
+  if cmd == "train":
+    from vasa_jax import config_utils
+    from vasa_jax.train import loop
+    config = config_utils.load_config(args.config, overrides)
+    if args.distributed:
+      config.train.distributed = True
+    loop.train(config, args.workdir)
+    return 0
+  if cmd == "extract-motion":
+    from vasa_jax.data import extract_motion
+    extract_motion.extract_motion(args.latent_checkpoint, args.shards, args.out)
+    return 0
+  if cmd == "export":
+    from vasa_jax.inference import export
+    export.export_pipeline(args.latent, args.motion, args.out)
+    return 0
+  if cmd == "reenact":
+    from vasa_jax.inference import reenact
+    reenact.reenact(args.checkpoint, args.source, args.driving, args.out, relative=args.relative)
+    return 0
+  if cmd in ("generate", "stream"):
+    from vasa_jax.inference import generate_cli
+    return generate_cli.run(args)
+  if cmd == "eval":
+    from vasa_jax.eval import report
+    report.run(args.videos, args.real, args.out)
+    return 0
+  if cmd == "bench":
+    from vasa_jax import bench
+    bench.run(args.config, overrides, checkpoint=args.checkpoint, seconds=args.seconds,
+              out=args.out)
+    return 0
+  raise AssertionError(cmd)

@@ -1,0 +1,119 @@
+"""Loading `configs/*.py:variant` recipes and applying `--config.a.b=value` overrides.
+
+A config spec is `path/to/file.py[:arg]` or a bare module name in `configs/` (`latent:tiny`).
+The file defines `get_config(arg)` returning an `ml_collections.ConfigDict`, as in big_vision.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import pathlib
+from typing import Iterable
+
+import ml_collections
+
+_CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses `variant,key=value,flag` into a ConfigDict with `defaults` as the schema.
+
+  The first bare word sets `variant` (when `variant` is among the defaults); later bare words set
+  boolean flags to True. Values take the type of their default.
+  """
+  out = ml_collections.ConfigDict(dict(defaults))
+  variant_seen = False
+  for part in (arg or "").split(","):
+    part = part.strip()
+    if not part:
+      continue
+    if "=" in part:
+      key, value = part.split("=", 1)
+      out[key] = _cast(value, out.get(key))
+    elif "variant" in out and not variant_seen and part not in out:
+      out.variant, variant_seen = part, True
+    else:
+      out[part] = True
+  return out
+
+
+def _cast(value: str, like):
+  if isinstance(like, bool):
+    if value.lower() in ("1", "true", "yes", "on"):
+      return True
+    if value.lower() in ("0", "false", "no", "off"):
+      return False
+    raise ValueError(f"Expected a boolean, got {value!r}")
+  if isinstance(like, int) and not isinstance(like, bool):
+    return int(value)
+  if isinstance(like, float):
+    return float(value)
+  if isinstance(like, str):
+    return value
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return value
+
+
+def resolve_config_path(spec: str) -> tuple[pathlib.Path, str | None]:
+  path, _, arg = spec.partition(":")
+  p = pathlib.Path(path)
+  candidates = [p]
+  if not p.suffix:
+    candidates.append(p.with_suffix(".py"))
+  candidates += [_CONFIG_DIR / c.name for c in list(candidates)]
+  for c in candidates:
+    if c.is_file():
+      return c, (arg or None)
+  raise FileNotFoundError(
+      f"Config file {path!r} not found (looked in {[str(c) for c in candidates]}). "
+      f"Pass e.g. --config configs/latent.py:tiny")
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `file.py:arg` and applies overrides like `train.num_steps=10`."""
+  path, arg = resolve_config_path(spec)
+  module_spec = importlib.util.spec_from_file_location(f"vasa_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  config.unlock() if hasattr(config, "unlock") else None
+  apply_overrides(config, overrides)
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]):
+  for item in overrides:
+    item = item[len("--config."):] if item.startswith("--config.") else item
+    if "=" not in item:
+      raise ValueError(f"Override {item!r} must look like --config.a.b=value")
+    key, value = item.split("=", 1)
+    node = config
+    *parents, leaf = key.split(".")
+    for name in parents:
+      if name not in node:
+        raise KeyError(f"Unknown config key {key!r}: no field {name!r}")
+      node = node[name]
+    if leaf not in node:
+      raise KeyError(f"Unknown config key {key!r}. Known keys here: {sorted(node.keys())}")
+    node[leaf] = _cast(value, node[leaf])
+  return config
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+  return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads(text))
+
+
+def save_config(config: ml_collections.ConfigDict, path: str | os.PathLike):
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(config_to_json(config))
+  os.replace(tmp, path)
