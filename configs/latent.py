@@ -44,6 +44,7 @@ def model_config(variant):
   m.disc_layers = 3
   m.groups = 4 if variant == "tiny" else 8  # GroupNorm groups
   m.spectral_norm = False
+  m.weight_std = False  # weight standardisation in the generator convs (MegaPortraits)
   return m
 
 

@@ -58,6 +58,10 @@ def get_config(arg=None):
   config.model.wav2vec2_path = ""  # local Hugging Face checkpoint directory
   config.model.audio_width = s["audio_width"]
   config.model.audio_layers = s["audio_layers"]
+  # Mel encoder receptive field (frames): each attention layer sees `audio_attn_past` past frames;
+  # `audio_lookahead` future frames (0 = causal; streaming latency grows by this much).
+  config.model.audio_attn_past = 4
+  config.model.audio_lookahead = 0
   config.model.emotion_dim = 8
   config.model.window = s["window"]
   config.model.context = s["context"]

@@ -122,7 +122,8 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     summary = preprocess.preprocess(args.input, args.out, persons_csv=args.persons,
                                     resolution=args.resolution, shard_index=args.shard_index,
                                     num_shards=args.num_shards)
-    return 0 if summary.get("clips_written", 1) or summary.get("clips_total", 1) else 1
+    # Exit 1 when nothing usable exists at all (every input skipped), so scripts notice.
+    return 0 if summary.get("total_clips", 0) else 1
   if cmd == "train":
     from vasa_jax import config_utils
     from vasa_jax.train import loop

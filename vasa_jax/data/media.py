@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -49,11 +50,19 @@ class MediaInfo:
   width: int | None  # coded size, before any rotation
   height: int | None
   audio_sr: int | None
+  audio_channels: int | None  # None when the layout is not one we know
   comment: str | None  # global `comment` metadata tag
 
 
 def _ffmpeg() -> str:
   return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _tail(text: str, max_lines: int = 3) -> str:
+  """Last meaningful lines of an ffmpeg log (progress lines dropped), for error messages."""
+  lines = [l.strip() for l in text.splitlines()
+           if l.strip() and not l.strip().startswith(("frame=", "==="))]
+  return " | ".join(lines[-max_lines:])[-400:]
 
 
 def _check_exists(path, what: str) -> str:
@@ -95,7 +104,7 @@ def probe(path) -> MediaInfo:
                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
   text = proc.stderr.decode("utf-8", errors="replace")
   if "Input #0" not in text:
-    reason = text.strip().splitlines()[-1] if text.strip() else "unknown error"
+    reason = _tail(text, 1) or "unknown error"
     raise VasaInputError(f"Cannot read media file {path!r}: it is corrupt or not a media file "
                          f"({reason}). Re-export it as mp4/wav.")
   lines = text.splitlines()
@@ -112,12 +121,30 @@ def probe(path) -> MediaInfo:
     m = re.search(r", (\d{2,5})x(\d{2,5})", video[0])
     if m:
       width, height = int(m.group(1)), int(m.group(2))
+  audio_channels = None
   if audio:
-    m = re.search(r"(\d+) Hz", audio[0])
+    m = re.search(r"(\d+) Hz, ([^,]+)", audio[0])
     audio_sr = int(m.group(1)) if m else None
+    audio_channels = _parse_channels(m.group(2)) if m else None
   return MediaInfo(path=path, duration=duration, has_video=bool(video), has_audio=bool(audio),
                    fps=fps, width=width, height=height, audio_sr=audio_sr,
+                   audio_channels=audio_channels,
                    comment=_parse_global_tag(lines, "comment"))
+
+
+_LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "downmix": 2, "2.1": 3, "3.0": 3, "3.0(back)": 3,
+                    "4.0": 4, "quad": 4, "quad(side)": 4, "3.1": 4, "4.1": 5, "5.0": 5,
+                    "5.0(side)": 5, "5.1": 6, "5.1(side)": 6, "6.0": 6, "hexagonal": 6,
+                    "6.1": 7, "7.0": 7, "7.1": 8, "7.1(wide)": 8, "octagonal": 8}
+
+
+def _parse_channels(layout: str) -> int | None:
+  """Channel count from an ffmpeg layout name ("stereo", "5.1(side)", "3 channels")."""
+  layout = layout.strip()
+  m = re.match(r"(\d+) channels", layout)
+  if m:
+    return int(m.group(1))
+  return _LAYOUT_CHANNELS.get(layout)
 
 
 def _parse_global_tag(lines: list[str], key: str) -> str | None:
@@ -212,14 +239,12 @@ def read_image(path_or_array) -> np.ndarray:
     # 16-bit / 32-bit grey: scale to 8 bits instead of clipping as PIL's convert would.
     a = np.asarray(img, dtype=np.float32)
     a = a / max(float(a.max()), 1.0) if a.max() > 255 else a / 255.0
-    return _to_rgb_uint8(np.clip(a, 0, 1), path)
-  if img.mode == "P" or img.mode == "PA":
-    img = img.convert("RGBA")
-  elif img.mode == "LA":
-    img = img.convert("RGBA")
+    return _to_rgb_uint8(np.clip(a, 0, 1), repr(path))
+  if img.mode in ("P", "PA", "LA"):
+    img = img.convert("RGBA")  # palette transparency and grey+alpha go through the RGBA path
   elif img.mode not in ("RGB", "RGBA", "L"):
     img = img.convert("RGB")
-  return _to_rgb_uint8(np.asarray(img), path)
+  return _to_rgb_uint8(np.asarray(img), repr(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,16 +271,23 @@ def _finish_audio(x: np.ndarray, orig_sr: int, sr: int, name: str) -> np.ndarray
 
 
 def _decode_audio_ffmpeg(path: str, info: MediaInfo) -> tuple[np.ndarray, int]:
-  """First audio stream -> (N,) float32 mono at the source rate, via an f32le pipe."""
+  """First audio stream -> (N, C) float32 at the source rate, via an f32le pipe.
+
+  The channels come out as they are (averaged later, like the soundfile path): ffmpeg's own
+  stereo -> mono downmix weights each channel by 1/sqrt(2) instead of averaging. Only when the
+  channel layout is unknown does ffmpeg downmix to mono itself.
+  """
   src_sr = info.audio_sr or SAMPLE_RATE
+  channels = info.audio_channels or 1
   cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", path,
-         "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(src_sr), "-f", "f32le",
+         "-map", "0:a:0", "-vn", "-ac", str(channels), "-ar", str(src_sr), "-f", "f32le",
          "-acodec", "pcm_f32le", "-"]
   proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
   if proc.returncode != 0:
     err = proc.stderr.decode("utf-8", errors="replace").strip()
-    raise VasaInputError(f"Cannot decode the audio of {path!r}: {err[-300:]}. Re-export it.")
-  return np.frombuffer(proc.stdout, dtype="<f4").copy(), src_sr
+    raise VasaInputError(f"Cannot decode the audio of {path!r}: {_tail(err)}. Re-export it.")
+  data = np.frombuffer(proc.stdout, dtype="<f4")
+  return data[:data.size - data.size % channels].reshape(-1, channels), src_sr
 
 
 def read_audio(path_or_array, sr: int = SAMPLE_RATE, orig_sr: int | None = None) -> np.ndarray:
@@ -283,7 +315,7 @@ def read_audio(path_or_array, sr: int = SAMPLE_RATE, orig_sr: int | None = None)
   if path.lower().endswith(_SOUNDFILE_EXTS):
     try:
       data, file_sr = soundfile.read(path, dtype="float32", always_2d=True)
-      return _finish_audio(data, int(file_sr), sr, path)
+      return _finish_audio(data, int(file_sr), sr, repr(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
       pass  # e.g. an odd codec inside a wav: let ffmpeg try before giving up
   info = probe(path)
@@ -291,7 +323,7 @@ def read_audio(path_or_array, sr: int = SAMPLE_RATE, orig_sr: int | None = None)
     raise VasaInputError(f"{path!r} has no audio stream. Give a separate audio file (wav/mp3) or "
                          f"a video with sound.")
   data, file_sr = _decode_audio_ffmpeg(path, info)
-  return _finish_audio(data, file_sr, sr, path)
+  return _finish_audio(data, file_sr, sr, repr(path))
 
 
 def write_wav(path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> None:
@@ -389,15 +421,37 @@ def _scale_filter(max_side: int | None) -> list[str]:
   return ["-vf", vf]
 
 
+class _DropSizeWarning(logging.Filter):
+  """imageio_ffmpeg warns whenever output and source sizes differ, i.e. on every downscale."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "is different from the source frame size" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_imageio_ffmpeg():
+  logger = logging.getLogger("imageio_ffmpeg")
+  flt = _DropSizeWarning()
+  logger.addFilter(flt)
+  try:
+    yield
+  finally:
+    logger.removeFilter(flt)
+
+
 def _raw_frames(path: str, max_side: int | None) -> Iterator[np.ndarray]:
   """Yields read-only (H, W, 3) uint8 views at the source rate (rotation metadata applied)."""
   gen = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24", input_params=["-nostdin"],
                                    output_params=_scale_filter(max_side))
   try:
     try:
-      meta = next(gen)
+      with _quiet_imageio_ffmpeg():
+        meta = next(gen)
     except (IOError, RuntimeError, IndexError, AttributeError, StopIteration) as e:
-      raise VasaInputError(f"Cannot decode video {path!r}: {str(e)[-300:]}. Re-export it.") from e
+      if "received no packets" in str(e):
+        raise VasaInputError(f"{path!r} has a video stream but no decodable frames (truncated "
+                             f"or empty). Re-export the video.") from e
+      raise VasaInputError(f"Cannot decode video {path!r}: {_tail(str(e))}. Re-export it.") from e
     w, h = meta["size"]
     while True:
       try:
@@ -405,7 +459,8 @@ def _raw_frames(path: str, max_side: int | None) -> Iterator[np.ndarray]:
       except StopIteration:
         return
       except RuntimeError as e:
-        raise VasaInputError(f"Video {path!r} is truncated or corrupt: {str(e)[-300:]}") from e
+        raise VasaInputError(f"Video {path!r} is truncated or corrupt: {_tail(str(e))}. "
+                             f"Re-export it.") from e
       yield np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3)
   finally:
     gen.close()  # stops ffmpeg when the caller stops early
@@ -694,16 +749,13 @@ class VideoWriter:
         else:
           self._mux(tmp_out)
     finally:
+      self._kill()
       self._cleanup()
 
   def abort(self) -> None:
     """Stops ffmpeg and removes the temporary files; nothing is written at `path`."""
     self._closed = True
-    if self._proc is not None and self._proc.poll() is None:
-      with contextlib.suppress(OSError):
-        self._proc.stdin.close()
-      self._proc.kill()
-      self._proc.wait()
+    self._kill()
     self._cleanup()
 
   def __enter__(self) -> "VideoWriter":
@@ -756,6 +808,14 @@ class VideoWriter:
     finally:
       with contextlib.suppress(OSError):
         os.remove(wav)
+
+  def _kill(self) -> None:
+    """Stops a still-running encoder (after an error it may be waiting on stdin)."""
+    if self._proc is not None and self._proc.poll() is None:
+      with contextlib.suppress(OSError):
+        self._proc.stdin.close()
+      self._proc.kill()
+      self._proc.wait()
 
   def _err(self) -> str:
     if self._stderr is None:

@@ -28,6 +28,7 @@ INDEX_VERSION = 1
 INDEX_NAME = "index.json"
 SHARD_DIR = "shards"
 JPEG_QUALITY = 95
+WRITER_OPTIONS = "group_size:1,uncompressed"
 
 
 # --------------------------------------------------------------------------- JPEG frames
@@ -142,7 +143,9 @@ def write_shard(path: str | os.PathLike, records: Sequence[dict | bytes]) -> Non
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
-  writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1")
+  # One record per chunk for random access; uncompressed because the payload is mostly JPEG and
+  # float arrays (zstd saved ~7% but made reads 3x slower: ~9 ms vs 3 ms for a 3 MB clip).
+  writer = array_record_module.ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
   try:
     for rec in records:
       writer.write(rec if isinstance(rec, bytes) else encode_clip(rec))

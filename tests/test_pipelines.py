@@ -1,0 +1,144 @@
+"""Grain pipelines on synthetic data: element specs, exact resume, host sharding, labels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vasa_jax.config_utils import load_config
+from vasa_jax.data import pipelines
+from vasa_jax.errors import VasaInputError
+
+
+@pytest.fixture
+def latent_config():
+  config = load_config("configs/latent.py:tiny")
+  config.data.augment = True
+  return config
+
+
+@pytest.fixture
+def motion_config():
+  return load_config("configs/motion.py:tiny")
+
+
+def _assert_same_batches(a, b):
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_latent_element_spec(latent_config):
+  batch = next(iter(pipelines.make_dataset(latent_config, "train", 0, 1)))
+  r, b = latent_config.model.resolution, latent_config.train.batch_size
+  assert sorted(batch) == ["driver", "driver2", "other", "source"]
+  for v in batch.values():
+    assert v.shape == (b, r, r, 3) and v.dtype == np.uint8
+  assert not np.array_equal(batch["source"], batch["other"])
+
+
+def test_motion_element_spec(motion_config):
+  c = motion_config
+  batch = next(iter(pipelines.make_dataset(c, "train", 0, 1)))
+  b, w, k, dm = c.train.batch_size, c.data.window, c.data.context, c.model.motion_dim
+  assert batch["motion"].shape == (b, w, dm) and batch["motion_prev"].shape == (b, k, dm)
+  assert batch["audio"].shape == (b, w, 4, 80) and batch["audio_prev"].shape == (b, k, 4, 80)
+  assert batch["gaze"].shape == (b, 2) and batch["distance"].shape == (b, 1)
+  assert batch["emotion"].shape == (b, c.model.emotion_dim)
+  for key in ("has_prev", "emotion_mask"):
+    assert batch[key].shape == (b,) and batch[key].dtype == bool
+  for key in ("motion", "motion_prev", "audio", "audio_prev", "gaze", "distance", "emotion"):
+    assert batch[key].dtype == np.float32, key
+  # One-hot emotion exactly where the mask is set.
+  np.testing.assert_array_equal(batch["emotion"].sum(-1), batch["emotion_mask"].astype(float))
+
+
+@pytest.mark.parametrize("stage", ["latent", "motion"])
+def test_iterator_resumes_exactly(stage, latent_config, motion_config):
+  config = latent_config if stage == "latent" else motion_config
+  it = iter(pipelines.make_dataset(config, "train", 0, 1))
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(2)]
+  it2 = iter(pipelines.make_dataset(config, "train", 0, 1))
+  it2.set_state(state)
+  for w in want:
+    _assert_same_batches(next(it2), w)
+
+
+def test_epochs_are_reshuffled(motion_config):
+  # Synthetic motion: 8 clips x 64 frames, W=16 -> a handful of windows per epoch; the second
+  # epoch must not repeat the first one's order.
+  motion_config.train.batch_size = 1
+  _, n = pipelines._motion_parts(motion_config, "train", True)  # pylint: disable=protected-access
+  it = iter(pipelines.make_dataset(motion_config, "train", 0, 1))
+  batches = [next(it)["motion"] for _ in range(2 * n)]
+  first, second = np.stack(batches[:n]), np.stack(batches[n:])
+  assert not np.array_equal(first, second)
+
+
+def test_hosts_get_disjoint_elements(latent_config):
+  latent_config.data.augment = False
+  seen = []
+  for p in range(2):
+    ds, total = pipelines.latent_element_dataset(latent_config, "train", p, 2)
+    seen.append({ds[i]["source"].tobytes() for i in range(len(ds))})
+  assert len(seen[0]) + len(seen[1]) == total  # every frame once, no duplicates
+  assert not seen[0] & seen[1]
+  b0 = next(iter(pipelines.make_dataset(latent_config, "train", 0, 2)))
+  b1 = next(iter(pipelines.make_dataset(latent_config, "train", 1, 2)))
+  assert b0["source"].shape[0] == latent_config.train.batch_size // 2
+  assert not np.array_equal(b0["source"], b1["source"])
+
+
+def test_batch_must_split_over_hosts(latent_config):
+  latent_config.train.batch_size = 3
+  with pytest.raises(VasaInputError, match="divisible"):
+    pipelines.make_dataset(latent_config, "train", 0, 2)
+
+
+def test_single_clip_other_is_mirrored(latent_config):
+  latent_config.data.synthetic_clips = 1
+  latent_config.data.augment = False
+  ds, _ = pipelines.latent_element_dataset(latent_config, "train", 0, 1)
+  el = ds[0]
+  clips = pipelines.SyntheticFaces(1, latent_config.data.synthetic_frames,
+                                   latent_config.model.resolution, seed=latent_config.seed)
+  frames = clips.frames(0, range(latent_config.data.synthetic_frames))
+  assert any(np.array_equal(el["other"], f[:, ::-1]) for f in frames)
+
+
+def test_emotion_from_name():
+  e = pipelines.EMOTIONS
+  assert pipelines.emotion_from_name("EAMM__test_crop_M030_sad_3_001") == e.index("sad")
+  assert pipelines.emotion_from_name(
+      "dreamtalk__data_style_clip_video_W009_front_happy_level3_001") == e.index("happy")
+  assert pipelines.emotion_from_name("emotion__tests_test_data_data_1001_DFA_ANG_XX") == \
+      e.index("angry")
+  assert pipelines.emotion_from_name("spectre__samples_MEAD_M026_level_3_disgusted_018") == \
+      e.index("disgusted")
+  assert pipelines.emotion_from_name("styletalk__samples_style_clips_video_sadgirl_clip1") is None
+  assert pipelines.emotion_from_name("LAALM__test_set_sample1") is None
+
+
+def test_split_persons_is_deterministic_and_disjoint():
+  persons = [f"p{i}" for i in range(10)]
+  train, val = pipelines.split_persons(persons, val_fraction=0.2, seed=3)
+  assert len(val) == 2 and not set(train) & set(val) and sorted(train + val) == persons
+  assert pipelines.split_persons(persons[::-1], val_fraction=0.2, seed=3) == (train, val)
+  assert pipelines.split_persons(persons, val_persons=["p1"]) == (
+      [p for p in persons if p != "p1"], ["p1"])
+  with pytest.raises(VasaInputError, match="not in the data set"):
+    pipelines.split_persons(persons, val_persons=["nobody"])
+  assert pipelines.split_persons(["solo"], val_fraction=0.5) == (["solo"], [])
+
+
+def test_augmentations_keep_shape_and_change_pixels():
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+  jit = pipelines.colour_jitter(frames, np.random.default_rng(1))
+  assert jit.shape == frames.shape and jit.dtype == np.uint8 and not np.array_equal(jit, frames)
+  moved = pipelines.scale_shift(frames[0], np.random.default_rng(2))
+  assert moved.shape == (32, 32, 3) and moved.dtype == np.uint8
+  np.testing.assert_array_equal(
+      pipelines.scale_shift(frames[0], np.random.default_rng(2)), moved)  # seeded: repeatable

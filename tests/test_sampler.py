@@ -1,0 +1,212 @@
+"""Window sampler, guidance, sequences and streaming (fake denoisers and the tiny model)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import motion as motion_config
+from vasa_jax.diffusion import sampler as S
+from vasa_jax.inference.streaming import MotionStream
+
+W, K, DM, DA, E = 8, 3, 5, 6, 4
+
+
+def _config(steps=10, sampler="ddim"):
+  c = motion_config.get_config("tiny")
+  c.diffusion.sample_steps = steps
+  c.diffusion.sampler = sampler
+  return c
+
+
+def _controls():
+  return S.make_controls(E, gaze=(0.1, -0.2), distance=(0.3,))
+
+
+def _const_denoiser(target):
+  def fn(params, x_t, t, cond):
+    del params, t, cond
+    return jnp.broadcast_to(target, x_t.shape)
+  return fn
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_fake_denoiser_reaches_its_x0(sampler):
+  target = jnp.linspace(-1.0, 1.0, W * DM).reshape(1, W, DM)
+  fn = S.make_sample_window(_const_denoiser(target), _config(10, sampler))
+  carry = S.initial_carry(1, K, DM, DA)
+  new_carry, motion = fn(None, carry, jnp.zeros((1, W, DA)), jnp.ones((1, W), bool), _controls(),
+                         jax.random.key(0), 0.5, 1.0)
+  np.testing.assert_allclose(motion, target, atol=1e-5)
+  np.testing.assert_allclose(new_carry["motion_prev"], target[:, W - K:], atol=1e-5)
+  assert bool(new_carry["has_prev"].all())
+
+
+def _mask_denoiser(calls):
+  """x0 depends on the masks: 1 + 2 has_audio(frame) + 4 has_gaze + 0.1 x_t."""
+  def fn(params, x_t, t, cond):
+    del params, t
+    calls.append(x_t.shape[0])
+    audio = cond["has_audio"].astype(jnp.float32)[..., None]  # (B, W, 1)
+    gaze = cond["has_gaze"].astype(jnp.float32)[:, None, None]
+    return 1.0 + 2.0 * audio + 4.0 * gaze + 0.1 * x_t
+  return fn
+
+
+def test_guided_x0_formula_in_one_batched_call():
+  calls = []
+  fn = _mask_denoiser(calls)
+  x_t = jax.random.normal(jax.random.key(1), (2, W, DM))
+  t = jnp.array([5, 9])
+  mask = jnp.ones((2, W), bool).at[1, -3:].set(False)
+  cond = S.build_cond(S.initial_carry(2, K, DM, DA), jnp.zeros((2, W, DA)), mask,
+                      S.make_controls(E, gaze=(0.0, 0.0), batch=2))
+  out = S.guided_x0(fn, None, x_t, t, cond, 0.5, 1.0)
+  assert calls == [6]  # the three branches in one forward pass
+  h_c = fn(None, x_t, t, cond)
+  h_a = fn(None, x_t, t, dict(cond, has_audio=jnp.zeros_like(mask)))
+  h_g = fn(None, x_t, t, dict(cond, has_gaze=jnp.zeros((2,), bool)))
+  np.testing.assert_allclose(out, 2.5 * h_c - 0.5 * h_a - 1.0 * h_g, atol=1e-5)
+  # Scale 0 is the plain conditional prediction.
+  np.testing.assert_array_equal(S.guided_x0(fn, None, x_t, t, cond, 0.0, 0.0), h_c)
+
+
+def test_window_sampler_traced_once_across_windows_and_scales():
+  calls = []
+  fn = S.make_sample_window(_mask_denoiser(calls), _config(4))
+  carry = S.initial_carry(1, K, DM, DA)
+  outs = []
+  for i, (la, lg) in enumerate([(0.5, 1.0), (0.0, 0.0), (2.0, 0.3), (1.0, 1.0)]):
+    carry, m = fn(None, carry, jnp.zeros((1, W, DA)), jnp.ones((1, W), bool), _controls(),
+                  jax.random.key(i), la, lg)
+    outs.append(m)
+  assert len(calls) == 1  # the denoiser (inside the scan) was traced once in total
+  assert fn._cache_size() == 1  # pylint: disable=protected-access
+  assert not np.allclose(outs[0], outs[1])  # the scales are live, not baked in
+
+
+def _ramp_denoiser(delta):
+  """x0[j] = last context frame (0 without context) + (j + 1) delta: a continuous ramp."""
+  def fn(params, x_t, t, cond):
+    del params, t
+    last = jnp.where(cond["has_prev"][:, None], cond["motion_prev"][:, -1], 0.0)  # (B, Dm)
+    steps = jnp.arange(1, x_t.shape[1] + 1, dtype=jnp.float32)[None, :, None]
+    return last[:, None, :] + steps * delta
+  return fn
+
+
+def test_windows_join_without_a_jump():
+  delta = 0.05
+  fn = S.make_sample_window(_ramp_denoiser(delta), _config(5, "ddpm"))
+  t_total = 3 * W + 5
+  audio = jnp.zeros((t_total, DA))
+  motion = S.sample_sequence(fn, None, audio, _controls(), jax.random.key(0), window=W,
+                             context=K, motion_dim=DM)
+  assert motion.shape == (t_total, DM)
+  np.testing.assert_allclose(np.diff(np.asarray(motion), axis=0), delta, atol=1e-4)
+  np.testing.assert_allclose(motion[0], delta, atol=1e-5)
+
+
+def _noise_denoiser(params, x_t, t, cond):
+  """Depends on the noise and the audio, so seeds and windows matter."""
+  del params, t
+  audio = jnp.where(cond["has_audio"][..., None], cond["audio"][..., :1], -1.0)
+  prev = jnp.where(cond["has_prev"][:, None, None], cond["motion_prev"].mean(1, keepdims=True), 0)
+  return 0.3 * x_t + audio + 0.5 * prev
+
+
+def test_sequence_is_deterministic_per_seed_and_masks_the_padding():
+  fn = S.make_sample_window(_noise_denoiser, _config(6, "ddpm"))
+  audio = jax.random.normal(jax.random.key(5), (2 * W + 3, DA))
+  kw = dict(window=W, context=K, motion_dim=DM)
+  a = S.sample_sequence(fn, None, audio, _controls(), jax.random.key(7), **kw)
+  b = S.sample_sequence(fn, None, audio, _controls(), jax.random.key(7), **kw)
+  c = S.sample_sequence(fn, None, audio, _controls(), jax.random.key(8), **kw)
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+  assert a.shape == (2 * W + 3, DM) and np.isfinite(np.asarray(a)).all()
+  # Window i only depends on fold_in(seed, i): regenerate window 1 by hand.
+  carry = S.initial_carry(1, K, DM, DA)
+  mask = jnp.ones((1, W), bool)
+  carry, _ = fn(None, carry, audio[None, :W], mask, _controls(), jax.random.fold_in(
+      jax.random.key(7), 0), 0.5, 1.0)
+  _, w1 = fn(None, carry, audio[None, W:2 * W], mask, _controls(),
+             jax.random.fold_in(jax.random.key(7), 1), 0.5, 1.0)
+  np.testing.assert_allclose(a[W:2 * W], w1[0], atol=1e-6)
+
+
+def test_make_controls_validates_shapes():
+  c = S.make_controls(E)
+  assert c["emotion"].shape == (1, E) and not bool(c["has_gaze"][0])
+  with pytest.raises(ValueError, match="gaze"):
+    S.make_controls(E, gaze=(0.1, 0.2, 0.3))
+
+
+# -- the tiny real model: offline vs streaming --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  from vasa_jax.models.motion_dit import build_motion_model, make_apply_fns
+
+  c = _config(3, "ddpm")
+  c.model.audio_lookahead = 2
+  c.model.update(layers=1, width=32, audio_width=32, window=8, context=3)  # fast compiles
+  model = build_motion_model(c)
+  m = c.model
+  cond = {"audio": jnp.zeros((1, m.window, 4, 80)), "audio_prev": jnp.zeros((1, m.context, 4, 80)),
+          "motion_prev": jnp.zeros((1, m.context, m.motion_dim)), "gaze": jnp.zeros((1, 2)),
+          "distance": jnp.zeros((1, 1)), "emotion": jnp.zeros((1, m.emotion_dim))}
+  import flax.linen as nn
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, m.window, m.motion_dim)),
+                                        jnp.zeros((1,), jnp.int32), cond)["params"])
+  denoise_fn, encode_fn = make_apply_fns(model)
+  return c, model, params, S.make_sample_window(denoise_fn, c), jax.jit(encode_fn)
+
+
+def _stream_kwargs(c, model):
+  return dict(window=c.model.window, context=c.model.context, motion_dim=c.model.motion_dim,
+              audio_dim=c.model.audio_width, receptive_past=model.audio_encoder.receptive_past,
+              lookahead=model.audio_encoder.lookahead)
+
+
+def test_streaming_feature_frames_equal_offline(tiny_model):
+  c, model, params, window_fn, encode_fn = tiny_model
+  w = c.model.window
+  feats = np.asarray(jax.random.normal(jax.random.key(3), (2 * w + 5, 4, 80))) * 2 - 5
+  controls = S.make_controls(c.model.emotion_dim, gaze=(0.0, 0.0))
+  rng = jax.random.key(11)
+  offline = S.sample_sequence(window_fn, params, feats, controls, rng, window=w,
+                              context=c.model.context, motion_dim=c.model.motion_dim,
+                              encode_fn=encode_fn)
+  stream = MotionStream(window_fn, params, encode_fn, controls, rng, **_stream_kwargs(c, model))
+  got, sizes = [], []
+  for lo, hi in [(0, 5), (5, w + 1), (w + 1, w + 2), (w + 2, 2 * w + 2), (2 * w + 2, 2 * w + 5)]:
+    out = stream.push(feats[lo:hi])
+    sizes.append(len(out))
+    got.append(out)
+  got.append(stream.flush())
+  # Window i leaves once frame i W + W + lookahead (2) has arrived.
+  assert sizes == [0, 0, w, w, 0]
+  np.testing.assert_allclose(np.concatenate(got), offline, atol=1e-5)
+
+
+def test_streaming_raw_samples_equal_offline(tiny_model):
+  from vasa_jax.data.audio_features import log_mel
+
+  c, model, params, window_fn, encode_fn = tiny_model
+  rng_np = np.random.default_rng(0)
+  n = 640 * (c.model.window + 7) + 123
+  samples = (0.1 * rng_np.standard_normal(n)).astype(np.float32)
+  controls = S.make_controls(c.model.emotion_dim)
+  rng = jax.random.key(2)
+  offline = S.sample_sequence(window_fn, params, log_mel(samples), controls, rng,
+                              window=c.model.window, context=c.model.context,
+                              motion_dim=c.model.motion_dim, encode_fn=encode_fn)
+  stream = MotionStream(window_fn, params, encode_fn, controls, rng, **_stream_kwargs(c, model))
+  cuts = [0, 1000, 1001, 7000, 11000, n]
+  got = [stream.push(samples[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+  got.append(stream.flush())
+  assert stream.frames_received == offline.shape[0]
+  np.testing.assert_allclose(np.concatenate(got), offline, atol=1e-5)

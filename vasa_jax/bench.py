@@ -1,0 +1,190 @@
+"""`vasa-jax bench`: the speed of each part and of the whole, printed as a table.
+
+Every timing is taken after compilation (compile time is reported on its own), on the default
+JAX device, and blocks on the result. FLOPs come from XLA's cost analysis of the compiled
+functions. On a shared CPU compare ratios within one run; absolute numbers mean something only on
+a dedicated accelerator, which the table names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _block(x):
+  return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
+
+
+def time_fn(fn, *args, repeats: int = 3):
+  """(compile-inclusive first call seconds, best of `repeats` later calls seconds, output)."""
+  t0 = time.perf_counter()
+  out = _block(fn(*args))
+  first = time.perf_counter() - t0
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = _block(fn(*args))
+    best = min(best, time.perf_counter() - t0)
+  return first, best, out
+
+
+def flops_of(jitted, *args) -> float | None:
+  """FLOPs of one call from XLA's cost analysis (None where the backend gives none)."""
+  try:
+    cost = jitted.lower(*args).compile().cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return float(cost.get("flops", 0.0)) if cost else None
+
+
+def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=None,
+        seconds: float = 4.0, out: str | None = None, repeats: int = 3) -> dict:
+  """Benchmarks a pipeline (random weights unless `checkpoint`) and prints a table."""
+  # pylint: disable=import-outside-toplevel
+  from vasa_jax import config_utils
+  from vasa_jax.data import audio_features
+  from vasa_jax.diffusion import sampler as sampler_lib
+  from vasa_jax.inference import pipeline as pipeline_lib
+  from vasa_jax.inference.streaming import MotionStream
+
+  config = config_utils.load_config(config_spec, overrides)
+  t0 = time.perf_counter()
+  pipe = (pipeline_lib.load_pipeline(checkpoint) if checkpoint
+          else pipeline_lib.random_pipeline(config))
+  build_s = time.perf_counter() - t0
+  device = jax.devices()[0]
+  r, w = pipe.resolution, pipe.window
+  rng = np.random.default_rng(0)
+  wav = (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+  n_frames = audio_features.frames_for_audio(wav.shape[0])
+  feats = jnp.asarray(audio_features.log_mel(wav, num_frames=n_frames))[None]
+  rows = []
+
+  def add(name, first, best, per, unit, flops=None):
+    rows.append({"part": name, "compile_s": max(first - best, 0.0), "time_s": best,
+                 "per": per, "unit": unit, "flops": flops})
+
+  # Portrait: encoder + canonical volume (once per clip). Random pixels: no face detection here.
+  img = jnp.asarray(rng.integers(0, 255, (1, r, r, 3), dtype=np.uint8))
+  first, best, enc = time_fn(pipe._encode_portrait, pipe.latent_params, img, repeats=repeats)  # pylint: disable=protected-access
+  add("portrait encode + canonicalize", first, best, best, "s/clip",
+      flops_of(pipe._encode_portrait, pipe.latent_params, img))  # pylint: disable=protected-access
+  portrait = pipeline_lib.Portrait(crop=np.asarray(img[0]), v_can=enc[0], z_id=enc[1],
+                                   z_pose=enc[2], z_dyn=enc[3])
+
+  first, best, encoded = time_fn(pipe._encode_audio, pipe.motion_params, feats, repeats=repeats)  # pylint: disable=protected-access
+  add(f"audio encoder ({n_frames} frames)", first, best, best / n_frames, "s/frame",
+      flops_of(pipe._encode_audio, pipe.motion_params, feats))  # pylint: disable=protected-access
+
+  controls = pipe.controls(gaze=(0.0, 0.0), distance=0.0)
+  carry = sampler_lib.initial_carry(1, pipe.context, pipe.motion_dim, encoded.shape[-1])
+  seg, mask = sampler_lib.pad_window(encoded[0], 0, w)
+  window_flops = {}
+  for steps in sorted({50, 10, pipe.steps}, reverse=True):
+    fn = pipe.sample_window_fn(steps)
+    args = (pipe.motion_params, carry, seg[None], mask[None], controls, jax.random.key(0),
+            0.5, 1.0)
+    first, best, _ = time_fn(fn, *args, repeats=repeats)
+    window_flops[steps] = flops_of(fn, *args)
+    add(f"motion window W={w}, {steps} steps", first, best, best / w, "s/frame",
+        window_flops[steps])
+
+  z = jnp.zeros((w, pipe.motion_dim), jnp.float32)
+  rargs = (pipe.latent_params, portrait.v_can, portrait.z_id, z[:, :pipe.z_pose_dim],
+           z[:, pipe.z_pose_dim:])
+  first, best, _ = time_fn(pipe._render, *rargs, repeats=repeats)  # pylint: disable=protected-access
+  render_flops = flops_of(pipe._render, *rargs)  # pylint: disable=protected-access
+  add(f"decoder ({w} frames per call)", first, best, best / w, "s/frame", render_flops)
+
+  # End to end, offline: audio encoding, every window sampled and rendered (compiled already).
+  def offline():
+    enc_audio = pipe._encode_audio(pipe.motion_params, feats)[0]  # pylint: disable=protected-access
+    c = sampler_lib.initial_carry(1, pipe.context, pipe.motion_dim, enc_audio.shape[-1])
+    frames = []
+    for i in range(sampler_lib.window_count(n_frames, w)):
+      s, m = sampler_lib.pad_window(enc_audio, i * w, w)
+      c, motion = pipe.sample_window_fn()(pipe.motion_params, c, s[None], m[None], controls,
+                                          jax.random.fold_in(jax.random.key(0), i), 0.5, 1.0)
+      k = min(w, n_frames - i * w)
+      frames.append(pipe.render_frames(portrait, pipe.denormalize(np.asarray(motion[0, :k]),
+                                                                  portrait)))
+    return np.concatenate(frames)
+
+  first, best, frames = time_fn(offline, repeats=1)
+  offline_fps = n_frames / best
+  add(f"end to end offline ({pipe.steps} steps)", first, best, best / n_frames, "s/frame")
+
+  # Streaming: 40 ms chunks fed as fast as they are consumed.
+  def streaming():
+    stream = MotionStream(pipe.sample_window_fn(), pipe.motion_params, pipe._encode_audio,  # pylint: disable=protected-access
+                          controls, jax.random.key(0), window=w, context=pipe.context,
+                          motion_dim=pipe.motion_dim, audio_dim=int(encoded.shape[-1]),
+                          receptive_past=pipe.audio_receptive_past,
+                          lookahead=pipe.audio_lookahead)
+    t_start, first_frame, count = time.perf_counter(), None, 0
+    chunk = 640
+    for i in range(0, wav.shape[0], chunk):
+      motion = stream.push(wav[i:i + chunk])
+      if motion.shape[0]:
+        out = pipe.render_frames(portrait, pipe.denormalize(motion, portrait))
+        if first_frame is None:
+          first_frame = time.perf_counter() - t_start
+        count += out.shape[0]
+    motion = stream.flush()
+    if motion.shape[0]:
+      out = pipe.render_frames(portrait, pipe.denormalize(motion, portrait))
+      if first_frame is None:
+        first_frame = time.perf_counter() - t_start
+      count += out.shape[0]
+    return first_frame, count / (time.perf_counter() - t_start)
+
+  streaming()  # compiles the encoder's streaming shapes
+  first_frame_s, stream_fps = streaming()
+  buffering_s = (w + pipe.audio_lookahead) / 25.0
+
+  flops_frame = None
+  if render_flops is not None and window_flops.get(pipe.steps) is not None:
+    flops_frame = (render_flops + window_flops[pipe.steps]) / w
+  result = {
+      "device": f"{device.platform}:{device.device_kind}", "num_devices": jax.device_count(),
+      "config": config_spec, "overrides": list(overrides), "resolution": r, "window": w,
+      "steps": pipe.steps, "audio_seconds": seconds, "frames": n_frames,
+      "pipeline_build_s": build_s, "rows": rows,
+      "offline_fps": offline_fps, "stream_first_frame_compute_s": first_frame_s,
+      "stream_audio_buffering_s": buffering_s, "stream_fps": stream_fps,
+      "flops_per_frame": flops_frame,
+      "achieved_flops_per_s": (flops_frame * offline_fps) if flops_frame else None,
+  }
+  print_table(result)
+  if out:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+      json.dump(result, f, indent=1)
+  return result
+
+
+def print_table(result: dict):
+  print(f"\nvasa-jax bench: {result['config']} {' '.join(result['overrides'])} on "
+        f"{result['device']} x{result['num_devices']}, {result['resolution']}x"
+        f"{result['resolution']}, W={result['window']}, {result['frames']} frames")
+  print(f"| {'part':42s} | {'compile s':>9s} | {'time s':>9s} | {'per unit':>10s} | unit     "
+        f"| {'GFLOP':>9s} |")
+  print(f"|{'-' * 44}|{'-' * 11}|{'-' * 11}|{'-' * 12}|----------|{'-' * 11}|")
+  for row in result["rows"]:
+    g = f"{row['flops'] / 1e9:9.2f}" if row["flops"] else f"{'-':>9s}"
+    print(f"| {row['part']:42s} | {row['compile_s']:9.2f} | {row['time_s']:9.4f} | "
+          f"{row['per']:10.5f} | {row['unit']:8s} | {g} |")
+  print(f"\noffline: {result['offline_fps']:.1f} frames/s; streaming: "
+        f"{result['stream_fps']:.1f} frames/s sustained, first frame after "
+        f"{1000 * result['stream_first_frame_compute_s']:.0f} ms of compute + "
+        f"{1000 * result['stream_audio_buffering_s']:.0f} ms of audio buffering")
+  if result.get("flops_per_frame"):
+    print(f"model FLOPs per frame (sampling + rendering): {result['flops_per_frame'] / 1e9:.2f} "
+          f"GFLOP; achieved {result['achieved_flops_per_s'] / 1e12:.3f} TFLOP/s offline")

@@ -1,0 +1,134 @@
+"""`vasa-jax extract-motion`: the stage 1 motion encoder over every frame -> motion shards.
+
+The output directory has the layout of `vasa-jax preprocess` (index.json + shards/): each record
+keeps the clip's audio, audio features and labels, drops the JPEG frames and adds `z_pose` (T, 6)
+and `z_dyn` (T, Dz). `motion_stats.json` holds the per-dimension mean/std of
+`concat([z_pose, z_dyn])` over all clips, which the stage 2 pipeline and the sampler use to
+normalise motion (stored again inside the exported pipeline, so inference needs no data).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from vasa_jax.data import records
+from vasa_jax.errors import VasaInputError
+
+STATS_NAME = "motion_stats.json"
+
+
+def load_face_model(latent_checkpoint: str | os.PathLike):
+  """Stage 1 model + params from a training workdir or an export directory.
+
+  Returns:
+    (config, model, params) with `model` a `FaceModel` in float32.
+  """
+  from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
+  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+
+  config, params = checkpoint.load_params(latent_checkpoint, ema=True)
+  if config is None or config.get("stage") != "latent":
+    raise VasaInputError(f"{latent_checkpoint} is not a stage 1 (latent) checkpoint; pass the "
+                         "workdir of `vasa-jax train --config configs/latent.py:...`.")
+  return config, FaceModel(config.model), params
+
+
+def make_motion_encoder(model, params, batch: int):
+  """A jitted function (n, R, R, 3) uint8 -> (z_pose (n, 6), z_dyn (n, Dz)), in fixed batches."""
+  from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
+
+  @jax.jit
+  def encode(params, frames):  # (batch, R, R, 3) uint8
+    img = frames.astype(jnp.float32) / 127.5 - 1.0
+    return model.apply({"params": params}, img, method=FaceModel.encode_motion)
+
+  def run(frames: np.ndarray):
+    n = frames.shape[0]
+    pad = (-n) % batch  # one compiled shape for every clip
+    frames = np.concatenate([frames, np.repeat(frames[-1:], pad, 0)]) if pad else frames
+    poses, dyns = [], []
+    for i in range(0, frames.shape[0], batch):
+      z_pose, z_dyn = encode(params, frames[i:i + batch])
+      poses.append(np.asarray(z_pose))
+      dyns.append(np.asarray(z_dyn))
+    return np.concatenate(poses)[:n], np.concatenate(dyns)[:n]
+
+  return run
+
+
+def _resize(frames: np.ndarray, resolution: int) -> np.ndarray:
+  if frames.shape[1] == resolution:
+    return frames
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  return np.stack([np.asarray(Image.fromarray(f).resize((resolution, resolution),
+                                                        Image.Resampling.LANCZOS))
+                   for f in frames])
+
+
+def extract_motion(latent_checkpoint, shards, out, *, batch: int = 32,
+                   progress: bool = True) -> dict:
+  """Writes motion shards for every clip of `shards` (resumable: done clips are skipped).
+
+  Args:
+    latent_checkpoint: stage 1 workdir (or export directory).
+    shards: the output directory of `vasa-jax preprocess`.
+    out: output directory.
+    batch: frames per encoder call.
+    progress: show a progress bar.
+
+  Returns:
+    A summary dict: clips written now, total clips, frames, seconds, frames per second.
+  """
+  config, model, params = load_face_model(latent_checkpoint)
+  resolution = int(config.model.resolution)
+  src = records.ClipIndex.load(shards)
+  out = pathlib.Path(out)
+  (out / records.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+  dst = records.ClipIndex.load_or_new(out, resolution=src.resolution, fps=src.fps)
+  dst.extra.update(source_shards=str(src.root), latent_checkpoint=str(latent_checkpoint),
+                   z_pose_dim=int(config.model.z_pose_dim), z_dyn_dim=int(config.model.z_dyn_dim))
+  done = dst.clip_names
+  encode = make_motion_encoder(model, params, batch)
+  todo = [e for e in src.clips if e["clip"] not in done]
+  t0, frames_done = time.perf_counter(), 0
+  bar = tqdm(todo, desc="extract-motion", unit="clip", disable=not progress)
+  for entry in bar:
+    rec = src.read(entry, decode_frames=True)
+    frames = _resize(rec.pop("frames"), resolution)
+    rec.pop("frames_jpeg", None)
+    rec["z_pose"], rec["z_dyn"] = (a.astype(np.float32) for a in encode(frames))
+    name = f"motion-{len(dst.clips):05d}.array_record"
+    records.write_shard(out / records.SHARD_DIR / name, [rec])
+    dst.clips.append({k: v for k, v in entry.items() if k not in ("shard", "record")}
+                     | {"shard": f"{records.SHARD_DIR}/{name}", "record": 0})
+    dst.save()  # after the shard exists: a crash never leaves an entry without its data
+    frames_done += frames.shape[0]
+    bar.set_postfix(fps=f"{frames_done / max(time.perf_counter() - t0, 1e-9):.0f}")
+  stats = motion_stats(dst)
+  records.atomic_write_text(out / STATS_NAME, json.dumps(stats))
+  seconds = time.perf_counter() - t0
+  return {"written": len(todo), "total_clips": len(dst.clips), "frames": frames_done,
+          "seconds": seconds, "frames_per_second": frames_done / max(seconds, 1e-9)}
+
+
+def motion_stats(index: records.ClipIndex) -> dict:
+  """Per-dimension mean/std of concat([z_pose, z_dyn]) over every frame of every clip."""
+  total, s1, s2 = 0, None, None
+  for entry in index.clips:
+    rec = index.read(entry)
+    m = np.concatenate([rec["z_pose"], rec["z_dyn"]], -1).astype(np.float64)  # (T, Dm)
+    s1 = m.sum(0) if s1 is None else s1 + m.sum(0)
+    s2 = (m ** 2).sum(0) if s2 is None else s2 + (m ** 2).sum(0)
+    total += m.shape[0]
+  if not total:
+    raise VasaInputError(f"No clips in {index.root}; nothing to compute motion statistics on.")
+  mean = s1 / total
+  std = np.sqrt(np.maximum(s2 / total - mean ** 2, 0.0))
+  return {"mean": mean.tolist(), "std": np.maximum(std, 1e-4).tolist(), "frames": int(total)}

@@ -1,0 +1,675 @@
+"""Grain input pipelines for both stages (element specs in docs/design.md).
+
+Both follow the flax examples' grain pattern:
+
+  MapDataset.range(num_elements)[process_index::process_count]   # host shard
+    .shuffle(seed)                                               # new order every epoch
+    .random_map(make_element, seed)                              # rng seeded by element index
+    .repeat()                                                    # infinite, reseeded per epoch
+    .to_iter_dataset()
+    .batch(batch_size // process_count, drop_remainder=True)     # host-local batches
+
+Every random choice inside an element comes from the generator grain derives from the
+element's global index, so the stream is deterministic and `iterator.get_state()` /
+`set_state()` resume it exactly.
+
+Stage 1 (`make_latent_dataset`): element index -> (clip, frame) over all frames of the split.
+`source` is that frame; `driver` and `driver2` are other random frames of the same clip; `other`
+is a random frame of a clip of another person. With a single person `other` comes from another
+clip of that person, and with a single clip it is a horizontally flipped random frame (the
+cross-identity loss then degenerates into a mirror-consistency loss, which is the best a one-clip
+data set allows). With `config.data.augment`, one colour jitter is applied to source, driver and
+driver2 alike (a per-sample colour change, so the model cannot carry colour through the motion
+codes) and the drivers get a small random scale/shift.
+
+Stage 2 (`make_motion_dataset`): element index -> (clip, window start) over windows of W frames
+(starts 0, K, K + W/2, ...; all but the first jittered by up to W/2 frames). The first window of
+a clip has `has_prev` False and zero context; clips shorter than W frames are left out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from vasa_jax.data import records
+from vasa_jax.errors import VasaInputError
+
+EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
+# Name tokens (lower case) that mark an emotion: MEAD (`M030_angry_...`, `_front_happy_`) and a
+# few spellings; CREMA-D's upper-case codes are matched separately (`1001_DFA_ANG_XX`).
+_EMOTION_TOKENS = {e: e for e in EMOTIONS}
+_EMOTION_TOKENS.update({"surprise": "surprised", "disgust": "disgusted", "anger": "angry",
+                        "contemptuous": "contempt", "fearful": "fear", "happiness": "happy",
+                        "sadness": "sad"})
+_CREMA_CODES = {"ANG": "angry", "DIS": "disgusted", "FEA": "fear", "HAP": "happy",
+                "NEU": "neutral", "SAD": "sad"}
+_CREMA_RE = re.compile(r"\d{4}_[A-Z]{3}_(ANG|DIS|FEA|HAP|NEU|SAD)_")
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def emotion_from_name(name: str) -> int | None:
+  """Emotion class (index into EMOTIONS) read from a clip name, or None when it names none.
+
+  Args:
+    name: a clip name such as `M030_angry_3_001`, `..._front_happy_level3_001` or
+      `1001_DFA_ANG_XX`.
+
+  Returns:
+    An index into EMOTIONS, or None.
+  """
+  m = _CREMA_RE.search(name)
+  if m:
+    return EMOTIONS.index(_CREMA_CODES[m.group(1)])
+  for token in re.split(r"[^a-zA-Z]+", name):
+    e = _EMOTION_TOKENS.get(token.lower())
+    if e is not None:
+      return EMOTIONS.index(e)
+  return None
+
+
+def main_gaze(gaze: np.ndarray) -> np.ndarray:
+  """The clip's main gaze direction (2,) from per-frame gaze (T, 2).
+
+  Uses `face_labels.main_gaze` when that module provides it, else the per-dimension median
+  (robust to blinks and detector misses).
+  """
+  gaze = np.asarray(gaze, np.float32).reshape(-1, 2)
+  try:
+    from vasa_jax.data import face_labels  # pylint: disable=import-outside-toplevel
+    fn = getattr(face_labels, "main_gaze", None)
+  except ImportError:
+    fn = None
+  if fn is not None:
+    return np.asarray(fn(gaze), np.float32).reshape(2)
+  return np.median(gaze, axis=0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def split_persons(index_or_persons, val_persons: Sequence[str] = (), val_fraction: float = 0.0,
+                  seed: int = 0) -> tuple[list[str], list[str]]:
+  """Splits identities into train and validation persons (never sharing a person).
+
+  Args:
+    index_or_persons: a `records.ClipIndex` or a list of person names.
+    val_persons: persons held out explicitly (each must exist).
+    val_fraction: otherwise, this share of persons (at least one when > 0, never all), chosen by
+      a seeded shuffle of the sorted names so every host agrees.
+    seed: seed of that shuffle.
+
+  Returns:
+    (train_persons, val_persons), both sorted.
+  """
+  if isinstance(index_or_persons, records.ClipIndex):
+    persons = index_or_persons.persons
+  else:
+    persons = sorted(set(index_or_persons))
+  val_persons = list(val_persons or [])
+  if val_persons:
+    unknown = sorted(set(val_persons) - set(persons))
+    if unknown:
+      raise VasaInputError(f"Validation persons {unknown} are not in the data set; known persons "
+                           f"include {persons[:10]}. Fix config.data.val_persons.")
+    val = sorted(set(val_persons))
+  elif val_fraction > 0 and len(persons) > 1:
+    n = min(max(1, int(round(val_fraction * len(persons)))), len(persons) - 1)
+    order = np.random.default_rng(seed).permutation(len(persons))
+    val = sorted(persons[i] for i in order[:n])
+  else:
+    val = []
+  train = sorted(set(persons) - set(val))
+  return train, val
+
+
+def _split_entries(index: records.ClipIndex, config, split: str) -> list[dict]:
+  data = config.data
+  train, val = split_persons(index, data.get("val_persons", []) or [],
+                             float(data.get("val_fraction_persons", 0.0) or 0.0),
+                             int(data.get("shuffle_seed", 0)))
+  if split == "train":
+    keep = set(train)
+  elif split in ("val", "validation", "eval"):
+    keep = set(val)
+  elif split == "all":
+    keep = set(train) | set(val)
+  else:
+    raise ValueError(f"Unknown split {split!r}; use train, val or all")
+  entries = [c for c in index.clips if c["person"] in keep]
+  if not entries:
+    raise VasaInputError(f"The {split!r} split of {index.root} is empty (persons {sorted(keep)}). "
+                         "Set config.data.val_persons / val_fraction_persons, or add data.")
+  return entries
+
+
+# --------------------------------------------------------------------------- clip sources
+
+
+class ClipSource:
+  """Random access over the clip records listed in an index (frames left as JPEG).
+
+  Args:
+    index_path_or_dir: an output directory of `vasa-jax preprocess` / `extract-motion`, or its
+      index.json; a `ClipIndex` works too.
+    persons: keep only these persons (None: all).
+    exclude_persons: drop these persons.
+    entries: explicit clip entries of the index to serve (overrides the person filters).
+  """
+
+  def __init__(self, index_path_or_dir, persons: Sequence[str] | None = None,
+               exclude_persons: Sequence[str] | None = None, entries: list[dict] | None = None):
+    self.index = (index_path_or_dir if isinstance(index_path_or_dir, records.ClipIndex)
+                  else records.ClipIndex.load(index_path_or_dir))
+    if entries is None:
+      entries = self.index.clips
+      if persons is not None:
+        entries = [c for c in entries if c["person"] in set(persons)]
+      if exclude_persons:
+        entries = [c for c in entries if c["person"] not in set(exclude_persons)]
+    self.entries = list(entries)
+    self._readers = {}
+
+  def __len__(self) -> int:
+    return len(self.entries)
+
+  def __getitem__(self, k: int) -> dict:
+    """The decoded record of clip k (frames not decoded)."""
+    return records.decode_clip(self.read_bytes(k), decode_frames=False)
+
+  def read_bytes(self, k: int) -> bytes:
+    entry = self.entries[k]
+    path = str(self.index.shard_path(entry))
+    reader = self._readers.get(path)
+    if reader is None:
+      from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+      if not os.path.isfile(path):
+        raise VasaInputError(f"Shard {path} listed in {self.index.root}/index.json is missing; "
+                             "rerun preprocessing or fix the index.")
+      reader = array_record_module.ArrayRecordReader(path)
+      self._readers[path] = reader
+    return reader.read([int(entry["record"])])[0]
+
+  def frames(self, k: int, indices: Sequence[int]) -> np.ndarray:
+    """(n, R, R, 3) uint8: only the requested frames of clip k are decoded."""
+    return records.decode_frames(self[k], indices)
+
+  def __getstate__(self):
+    # Readers hold open files; grain workers reopen them after unpickling.
+    state = dict(self.__dict__)
+    state["_readers"] = {}
+    return state
+
+
+def _ellipse(yy, xx, cy, cx, ry, rx):
+  return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+class SyntheticFaces:
+  """Cartoon talking faces: a coloured head ellipse per person that moves, turns, blinks and
+  opens its mouth over time, on a per-clip background. Frames are drawn on demand.
+
+  Args:
+    num_clips: clips (two clips per person).
+    num_frames: frames per clip.
+    resolution: R.
+    seed: changes colours and motion.
+  """
+
+  def __init__(self, num_clips: int, num_frames: int, resolution: int, seed: int = 0):
+    self.resolution = int(resolution)
+    self.num_frames = int(num_frames)
+    self.seed = int(seed)
+    rng = np.random.default_rng(seed)
+    self._bg = rng.uniform(0, 255, (num_clips, 3))
+    persons = max(1, (num_clips + 1) // 2)
+    self._skin = rng.uniform(60, 240, (persons, 3))
+    self._phase = rng.uniform(0, 2 * np.pi, (num_clips, 4))
+    self.entries = [{"clip": f"synthetic_{seed}_{k:03d}", "person": f"synthetic_person_{k // 2}",
+                     "frames": self.num_frames, "has_speech": True} for k in range(num_clips)]
+
+  def __len__(self) -> int:
+    return len(self.entries)
+
+  def _frame(self, k: int, t: int) -> np.ndarray:
+    r = self.resolution
+    yy, xx = np.mgrid[0:r, 0:r].astype(np.float32) / r
+    ph = self._phase[k]
+    cx = 0.5 + 0.06 * np.sin(0.3 * t + ph[0])  # head translation
+    cy = 0.5 + 0.04 * np.sin(0.2 * t + ph[1])
+    turn = 0.05 * np.sin(0.25 * t + ph[2])  # "yaw": features slide sideways
+    mouth = 0.015 + 0.035 * (0.5 + 0.5 * np.sin(0.9 * t + ph[3]))  # mouth opening
+    img = np.empty((r, r, 3), np.float32)
+    img[:] = self._bg[k]
+    img[_ellipse(yy, xx, cy, cx, 0.3, 0.22)] = self._skin[int(self.entries[k]["person"]
+                                                             .rsplit("_", 1)[1])]
+    eye_h = 0.02 if (t + k) % 12 else 0.004  # a blink every 12 frames
+    for side in (-1, 1):
+      img[_ellipse(yy, xx, cy - 0.08, cx + side * 0.08 + turn, eye_h, 0.035)] = 20.0
+    img[_ellipse(yy, xx, cy + 0.13, cx + turn, mouth, 0.08)] = (150.0, 30.0, 40.0)
+    return img.astype(np.uint8)
+
+  def frames(self, k: int, indices: Sequence[int]) -> np.ndarray:
+    return np.stack([self._frame(k, int(t)) for t in indices])
+
+
+class SyntheticMotion:
+  """Smooth random motion with audio features that predict it, as motion records in memory.
+
+  Each clip has motion (T, Dm) made of a few sinusoids; its log-mel rows are a fixed spectral
+  pattern scaled by the first dynamics dimension (the "mouth"), so a model can learn audio ->
+  motion. Gaze, face scale and (for some clips) an emotion label vary per clip.
+  """
+
+  def __init__(self, num_clips: int, num_frames: int, z_pose_dim: int, z_dyn_dim: int,
+               seed: int = 0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(num_frames, dtype=np.float32)[:, None]
+    dm = z_pose_dim + z_dyn_dim
+    template = rng.normal(0, 1, (4, 80)).astype(np.float32)
+    self.entries, self._records = [], []
+    for k in range(num_clips):
+      freq = rng.uniform(0.05, 0.4, (1, dm))
+      phase = rng.uniform(0, 2 * np.pi, (1, dm))
+      amp = rng.uniform(0.2, 1.0, (1, dm))
+      motion = (amp * np.sin(freq * t + phase)).astype(np.float32)  # (T, Dm)
+      mouth = motion[:, z_pose_dim]
+      feats = (-6.0 + mouth[:, None, None] * template[None]
+               + 0.1 * rng.normal(0, 1, (num_frames, 4, 80))).astype(np.float32)
+      # Every third clip carries no emotion label (emotion_mask False), like most real clips.
+      name = f"synthetic_{seed}_{k:03d}" + ("" if k % 3 == 2 else f"_{EMOTIONS[k % 8]}")
+      self._records.append({
+          "clip": name, "person": f"synthetic_person_{k // 2}",
+          "z_pose": motion[:, :z_pose_dim], "z_dyn": motion[:, z_pose_dim:],
+          "audio_feats": feats,
+          "gaze": np.tile(rng.normal(0, 0.1, (1, 2)), (num_frames, 1)).astype(np.float32),
+          "face_scale": np.full((num_frames,), rng.uniform(0.2, 0.4), np.float32),
+          "has_speech": True,
+      })
+      self.entries.append({"clip": name, "person": f"synthetic_person_{k // 2}",
+                           "frames": num_frames, "has_speech": True})
+    allm = np.concatenate([np.concatenate([r["z_pose"], r["z_dyn"]], -1)
+                           for r in self._records])
+    self.stats = {"mean": allm.mean(0).tolist(), "std": allm.std(0).tolist()}
+    scales = np.concatenate([r["face_scale"] for r in self._records])
+    self.face_scale_stats = (float(scales.mean()), float(scales.std()))
+
+  def __len__(self) -> int:
+    return len(self.entries)
+
+  def __getitem__(self, k: int) -> dict:
+    return self._records[k]
+
+
+# --------------------------------------------------------------------------- stage 1 elements
+
+
+def _resize(frames: np.ndarray, resolution: int) -> np.ndarray:
+  if frames.shape[1] == resolution and frames.shape[2] == resolution:
+    return frames
+  return np.stack([np.asarray(Image.fromarray(f).resize((resolution, resolution),
+                                                        Image.BILINEAR)) for f in frames])
+
+
+def colour_jitter(frames: np.ndarray, rng: np.random.Generator, strength: float = 1.0
+                  ) -> np.ndarray:
+  """One random brightness/contrast/saturation/channel-gain change applied to all `frames`.
+
+  Args:
+    frames: (n, H, W, 3) uint8.
+    rng: numpy generator.
+    strength: scales every jitter range.
+
+  Returns:
+    (n, H, W, 3) uint8.
+  """
+  x = frames.astype(np.float32) / 255.0
+  brightness = rng.uniform(-0.1, 0.1) * strength
+  contrast = 1.0 + rng.uniform(-0.2, 0.2) * strength
+  saturation = 1.0 + rng.uniform(-0.3, 0.3) * strength
+  gains = 1.0 + rng.uniform(-0.05, 0.05, 3) * strength
+  grey = x.mean(-1, keepdims=True)
+  x = grey + (x - grey) * saturation
+  mean = x.mean(axis=(1, 2, 3), keepdims=True)
+  x = (x - mean) * contrast + mean + brightness
+  x = x * gains
+  return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def scale_shift(frame: np.ndarray, rng: np.random.Generator, max_scale: float = 0.06,
+                max_shift: float = 0.04) -> np.ndarray:
+  """A small random zoom and translation of one (H, W, 3) uint8 frame (edges replicated)."""
+  h, w = frame.shape[:2]
+  s = 1.0 + rng.uniform(-max_scale, max_scale)
+  dx, dy = rng.uniform(-max_shift, max_shift, 2) * (w, h)
+  # PIL's affine maps output (x, y) to input (a x + b y + c, d x + e y + f).
+  cx, cy = w / 2, h / 2
+  coeffs = (1 / s, 0, cx - (cx + dx) / s, 0, 1 / s, cy - (cy + dy) / s)
+  # Replicate the edges so the zoomed-out / shifted border is not black.
+  ph, pw = max(2, int(0.15 * h)), max(2, int(0.15 * w))
+  padded = np.pad(frame, ((ph, ph), (pw, pw), (0, 0)), mode="edge")
+  coeffs = (coeffs[0], 0, coeffs[2] + pw, 0, coeffs[4], coeffs[5] + ph)
+  out = Image.fromarray(padded).transform((w, h), Image.AFFINE, coeffs, Image.BILINEAR)
+  return np.asarray(out, np.uint8)
+
+
+@dataclasses.dataclass
+class _LatentElement:
+  """(frame index, rng) -> stage-1 element; a picklable callable for grain workers."""
+  clips: object  # ClipSource | SyntheticFaces
+  offsets: np.ndarray  # (num_clips + 1,) cumulative frame counts
+  resolution: int
+  augment: bool
+
+  def __call__(self, index, rng: np.random.Generator) -> dict:
+    index = int(index)
+    k = int(np.searchsorted(self.offsets, index, side="right") - 1)
+    f = index - int(self.offsets[k])
+    n = int(self.offsets[k + 1] - self.offsets[k])
+    d = d2 = f
+    if n > 1:  # drivers differ from the source frame
+      d, d2 = [int(x) + (int(x) >= f) for x in rng.integers(0, n - 1, 2)]
+    src, drv, drv2 = self.clips.frames(k, [f, d, d2])
+    other = self._other(k, rng)
+    imgs = _resize(np.stack([src, drv, drv2, other]), self.resolution)
+    if self.augment:
+      imgs[:3] = colour_jitter(imgs[:3], rng)
+      imgs[1] = scale_shift(imgs[1], rng)
+      imgs[2] = scale_shift(imgs[2], rng)
+    return {"source": imgs[0], "driver": imgs[1], "driver2": imgs[2], "other": imgs[3]}
+
+  def _other(self, k: int, rng: np.random.Generator) -> np.ndarray:
+    entries = self.clips.entries
+    person = entries[k]["person"]
+    candidates = [j for j, e in enumerate(entries) if e["person"] != person]
+    if not candidates:
+      candidates = [j for j in range(len(entries)) if j != k]
+    if not candidates:
+      f = int(rng.integers(0, entries[k]["frames"]))
+      return self.clips.frames(k, [f])[0][:, ::-1]  # mirrored: see the module docstring
+    j = candidates[int(rng.integers(0, len(candidates)))]
+    f = int(rng.integers(0, entries[j]["frames"]))
+    return self.clips.frames(j, [f])[0]
+
+
+# --------------------------------------------------------------------------- stage 2 elements
+
+
+def _window_starts(num_frames: int, window: int, context: int) -> list[int]:
+  if num_frames < window:
+    return []
+  stride = max(1, window // 2)
+  return [0] + list(range(max(context, 1), num_frames - window + 1, stride))
+
+
+@dataclasses.dataclass
+class _MotionElement:
+  """(window index, rng) -> stage-2 element; a picklable callable for grain workers."""
+  clips: object  # ClipSource | SyntheticMotion
+  windows: np.ndarray  # (N, 2) int64: clip, start
+  window: int
+  context: int
+  motion_mean: np.ndarray  # (Dm,)
+  motion_std: np.ndarray  # (Dm,)
+  scale_mean: float
+  scale_std: float
+  emotion_dim: int
+
+  def __call__(self, index, rng: np.random.Generator) -> dict:
+    k, start = (int(x) for x in self.windows[int(index)])
+    rec = self.clips[k]
+    motion = np.concatenate([rec["z_pose"], rec["z_dyn"]], -1).astype(np.float32)  # (T, Dm)
+    if motion.shape[-1] != self.motion_mean.shape[0]:
+      raise VasaInputError(f"Clip {rec.get('clip')} has motion size {motion.shape[-1]}, the "
+                           f"config expects {self.motion_mean.shape[0]} (model.motion_dim); "
+                           "extract the motion with the matching stage-1 model.")
+    motion = (motion - self.motion_mean) / self.motion_std
+    feats = np.asarray(rec["audio_feats"], np.float32)  # (T, 4, 80)
+    t, w, c = motion.shape[0], self.window, self.context
+    if start > 0:  # jitter all but the first window so windows do not always start on a grid
+      start = int(min(start + rng.integers(0, max(1, w // 2)), t - w))
+    has_prev = start >= c and start > 0
+    if has_prev:
+      motion_prev, audio_prev = motion[start - c:start], feats[start - c:start]
+    else:
+      motion_prev = np.zeros((c, motion.shape[-1]), np.float32)
+      audio_prev = np.zeros((c,) + feats.shape[1:], np.float32)
+    scale = np.asarray(rec["face_scale"][start:start + w], np.float64)
+    scale = scale[np.isfinite(scale)]
+    distance = ((float(scale.mean()) - self.scale_mean) / max(self.scale_std, 1e-6)
+                if scale.size else 0.0)  # no finite label: the average distance
+    emotion = np.zeros((self.emotion_dim,), np.float32)
+    label = emotion_from_name(str(rec.get("clip", "")))
+    if label is not None and label < self.emotion_dim:
+      emotion[label] = 1.0
+    return {
+        "motion": motion[start:start + w],  # (W, Dm)
+        "motion_prev": motion_prev,  # (K, Dm)
+        "audio": feats[start:start + w],  # (W, 4, 80)
+        "audio_prev": audio_prev,  # (K, 4, 80)
+        "has_prev": np.asarray(has_prev),
+        "gaze": (np.asarray(rec["main_gaze"], np.float32).reshape(2) if "main_gaze" in rec
+                 else main_gaze(rec["gaze"])),  # (2,)
+        "distance": np.asarray([distance], np.float32),  # (1,)
+        "emotion": emotion,  # (E,)
+        "emotion_mask": np.asarray(label is not None and label < self.emotion_dim),
+    }
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def _host_batch_size(config, process_count: int) -> int:
+  batch = int(config.train.batch_size)
+  if batch % process_count:
+    raise VasaInputError(f"train.batch_size={batch} must be divisible by the number of "
+                         f"processes ({process_count}).")
+  return batch // process_count
+
+
+def _finish(elements_fn, num_elements: int, config, process_index: int, process_count: int,
+            seed_offset: int = 0):
+  """range -> host shard -> shuffle -> random_map -> repeat -> iter -> batch (see docstring)."""
+  import grain  # pylint: disable=import-outside-toplevel
+
+  if num_elements < process_count:
+    raise VasaInputError(f"Only {num_elements} training elements for {process_count} "
+                         "processes; add data.")
+  seed = int(config.data.get("shuffle_seed", 0)) + seed_offset
+  ds = grain.MapDataset.range(num_elements)[process_index::process_count]
+  ds = ds.shuffle(seed=seed)
+  # Different hosts draw different random partners / augmentations for their i-th element.
+  ds = ds.random_map(elements_fn, seed=seed + 7919 * (process_index + 1))
+  ds = ds.repeat()
+  batch = _host_batch_size(config, process_count)
+  # grain's default (16 threads, 500 elements read ahead) swamps a small CPU host and holds
+  # hundreds of images in memory; two batches ahead on a few threads keeps the trainer fed.
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=int(config.data.get("read_threads", 2) or 2),
+      prefetch_buffer_size=2 * batch))
+  ds = ds.batch(batch, drop_remainder=True)
+  workers = int(config.data.get("worker_count", 0) or 0)
+  if workers > 0:
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()  # grain reads absl flags in its workers
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return ds
+
+
+def latent_element_dataset(config, split: str = "train", process_index: int = 0,
+                           process_count: int = 1, *, synthetic: bool | None = None):
+  """The finite, unshuffled MapDataset of this host's stage-1 elements (for tests/inspection).
+
+  Returns:
+    (grain.MapDataset of elements, number of elements over all hosts).
+  """
+  import grain  # pylint: disable=import-outside-toplevel
+
+  make, n = _latent_parts(config, split, synthetic)
+  ds = grain.MapDataset.range(n)[process_index::process_count]
+  return ds.random_map(make, seed=int(config.data.get("shuffle_seed", 0))), n
+
+
+def _use_synthetic(config, path_key: str, synthetic: bool | None) -> bool:
+  if synthetic is not None:
+    return synthetic
+  return bool(config.data.get("synthetic", False)) or not config.data.get(path_key, "")
+
+
+def _latent_parts(config, split: str, synthetic: bool | None):
+  resolution = int(config.model.resolution)
+  if _use_synthetic(config, "shards", synthetic):
+    clips = SyntheticFaces(int(config.data.get("synthetic_clips", 8)),
+                           int(config.data.get("synthetic_frames", 16)), resolution,
+                           seed=int(config.seed) + (0 if split == "train" else 1))
+  else:
+    index = records.ClipIndex.load(config.data.shards)
+    clips = ClipSource(index, entries=_split_entries(index, config, split))
+  counts = np.array([e["frames"] for e in clips.entries], np.int64)
+  offsets = np.concatenate([[0], np.cumsum(counts)])
+  make = _LatentElement(clips, offsets, resolution, bool(config.data.get("augment", False)))
+  return make, int(offsets[-1])
+
+
+def make_latent_dataset(config, split: str = "train", process_index: int = 0,
+                        process_count: int = 1, *, synthetic: bool | None = None):
+  """Stage-1 pipeline: host-local batches of {source, driver, driver2, other} (B, R, R, 3) uint8.
+
+  Args:
+    config: a `configs/latent.py` config (data.shards, data.synthetic, data.augment,
+      data.val_persons / val_fraction_persons, data.shuffle_seed, data.worker_count,
+      model.resolution, train.batch_size (global)).
+    split: "train", "val" or "all" (persons split by `split_persons`).
+    process_index: this host (jax.process_index()).
+    process_count: number of hosts.
+    synthetic: force synthetic (True) or real (False) data; None follows the config.
+
+  Returns:
+    A grain IterDataset; `iter(ds)` has `get_state()` / `set_state()`.
+  """
+  make, n = _latent_parts(config, split, synthetic)
+  return _finish(make, n, config, process_index, process_count)
+
+
+def make_synthetic_latent_dataset(config, split: str = "train", process_index: int = 0,
+                                  process_count: int = 1):
+  """`make_latent_dataset` on cartoon faces (same element spec), for tests and throughput."""
+  return make_latent_dataset(config, split, process_index, process_count, synthetic=True)
+
+
+def _load_motion_stats(root: pathlib.Path) -> dict | None:
+  path = root / "motion_stats.json"
+  if not path.is_file():
+    return None
+  return json.loads(path.read_text())
+
+
+def face_scale_stats(clips) -> tuple[float, float]:
+  """Mean and std of the per-frame face scale over all clips (pooled from index statistics
+  when present, else read from the records)."""
+  entries = clips.entries
+  if entries and all("face_scale_mean" in e and "face_scale_std" in e for e in entries):
+    n = np.array([e["frames"] for e in entries], np.float64)
+    m = np.array([e["face_scale_mean"] for e in entries], np.float64)
+    s = np.array([e["face_scale_std"] for e in entries], np.float64)
+    mean = float((n * m).sum() / n.sum())
+    var = float((n * (s ** 2 + m ** 2)).sum() / n.sum() - mean ** 2)
+    return mean, float(np.sqrt(max(var, 0.0)))
+  scales = np.concatenate([np.asarray(clips[k]["face_scale"], np.float64)
+                           for k in range(len(clips))])
+  return float(scales.mean()), float(scales.std())
+
+
+def _motion_parts(config, split: str, synthetic: bool | None):
+  window, context = int(config.data.window), int(config.data.context)
+  if _use_synthetic(config, "motion", synthetic):
+    clips = SyntheticMotion(int(config.data.get("synthetic_clips", 8)),
+                            int(config.data.get("synthetic_frames", 64)),
+                            int(config.model.z_pose_dim), int(config.model.z_dyn_dim),
+                            seed=int(config.seed) + (0 if split == "train" else 1))
+    stats, scale_stats = clips.stats, clips.face_scale_stats
+  else:
+    index = records.ClipIndex.load(config.data.motion)
+    clips = ClipSource(index, entries=_split_entries(index, config, split))
+    stats = _load_motion_stats(index.root)
+    if stats is None:
+      # No stats file: compute them from this split's clips (extract-motion normally writes it).
+      allm = np.concatenate([np.concatenate([clips[k]["z_pose"], clips[k]["z_dyn"]], -1)
+                             for k in range(len(clips))])
+      stats = {"mean": allm.mean(0).tolist(), "std": allm.std(0).tolist()}
+    scale_stats = face_scale_stats(ClipSource(index))
+  mean = np.asarray(stats["mean"], np.float32)
+  std = np.maximum(np.asarray(stats["std"], np.float32), 1e-6)
+  if mean.shape[0] != int(config.model.motion_dim):
+    raise VasaInputError(f"motion_stats has {mean.shape[0]} dimensions but model.motion_dim is "
+                         f"{config.model.motion_dim}; set latent_variant to the stage-1 model "
+                         "that extracted the motion.")
+  windows = [(k, s) for k, e in enumerate(clips.entries)
+             for s in _window_starts(int(e["frames"]), window, context)]
+  if not windows:
+    raise VasaInputError(f"No clip of the {split!r} split has at least {window} frames "
+                         "(data.window); lower data.window or add longer clips.")
+  make = _MotionElement(clips, np.asarray(windows, np.int64), window, context, mean, std,
+                        scale_stats[0], scale_stats[1], int(config.model.emotion_dim))
+  return make, len(windows)
+
+
+def make_motion_dataset(config, split: str = "train", process_index: int = 0,
+                        process_count: int = 1, *, synthetic: bool | None = None):
+  """Stage-2 pipeline: host-local batches of motion windows with audio and controls.
+
+  Element (before batching): motion (W, Dm), motion_prev (K, Dm), audio (W, 4, 80),
+  audio_prev (K, 4, 80), has_prev () bool, gaze (2,), distance (1,), emotion (E,),
+  emotion_mask () bool; all float32 except the masks; motion normalised by motion_stats.json.
+
+  Args:
+    config: a `configs/motion.py` config (data.motion, data.window, data.context, ...).
+    split: "train", "val" or "all".
+    process_index: this host.
+    process_count: number of hosts.
+    synthetic: force synthetic (True) or real (False) data; None follows the config.
+
+  Returns:
+    A grain IterDataset of host-local batches.
+  """
+  make, n = _motion_parts(config, split, synthetic)
+  return _finish(make, n, config, process_index, process_count, seed_offset=1)
+
+
+def make_synthetic_motion_dataset(config, split: str = "train", process_index: int = 0,
+                                  process_count: int = 1):
+  """`make_motion_dataset` on synthetic smooth motion (same element spec)."""
+  return make_motion_dataset(config, split, process_index, process_count, synthetic=True)
+
+
+def make_dataset(config, split: str = "train", process_index: int | None = None,
+                 process_count: int | None = None):
+  """The pipeline of `config.stage` ("latent" or "motion"), real or synthetic per the config.
+
+  Args:
+    config: a stage config.
+    split: "train", "val" or "all".
+    process_index: defaults to jax.process_index().
+    process_count: defaults to jax.process_count().
+
+  Returns:
+    A grain IterDataset of host-local batches.
+  """
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=import-outside-toplevel
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if config.stage == "latent":
+    return make_latent_dataset(config, split, process_index, process_count)
+  if config.stage == "motion":
+    return make_motion_dataset(config, split, process_index, process_count)
+  raise ValueError(f"Unknown config.stage {config.stage!r}; expected 'latent' or 'motion'")

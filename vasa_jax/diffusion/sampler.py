@@ -1,0 +1,239 @@
+"""Motion sampling: multi-condition CFG, one jitted window sampler, and whole sequences.
+
+The model is passed in as a function `denoise_fn(params, x_t, t, cond) -> x0_hat` (see
+`vasa_jax.models.motion_dit.make_apply_fns`), so tests can use analytic fake denoisers.
+
+Windows (VASA-1 section 3.2): a sequence of T frames is generated as ceil(T / W) consecutive,
+non-overlapping windows of W frames. Window i is conditioned on the last K generated frames of
+window i - 1 and on their audio features (`carry`); the first window has `has_prev` False. The
+last window is zero-padded to W frames with `has_audio` False on the padding and trimmed after.
+Window i's noise comes from `fold_in(rng, i)`, so a streaming generator reproduces it exactly.
+
+Carry layout (chosen here): {"motion_prev": (B, K, Dm) generated motion, "audio_prev": (B, K, Da)
+*encoded* audio features (not raw log-mel rows: the encoder runs once per frame over the whole
+stream, see `inference/streaming.py`), "has_prev": (B,) bool}.
+
+The denoising loop is one `lax.scan` inside one jitted call (maxdiffusion style); guidance scales
+are traced arguments, so changing them does not retrace.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vasa_jax.diffusion import schedule as schedule_lib
+
+SAMPLERS = {"ddim": 0.0, "ddpm": 1.0}  # name -> eta
+
+
+def make_controls(emotion_dim: int, *, gaze=None, distance=None, emotion=None,
+                  batch: int = 1) -> dict:
+  """Control conditions for sampling, batched; None means "not given" (null token).
+
+  VASA-1's inference defaults (forward gaze, average distance, no emotion) correspond to passing
+  gaze=(0, 0), distance=(0,) (normalised) and emotion=None.
+
+  Args:
+    emotion_dim: E.
+    gaze: (2,) theta, phi in radians, or None.
+    distance: (1,) normalised head distance, or None.
+    emotion: (E,) emotion offset, or None.
+    batch: B.
+
+  Returns:
+    {"gaze" (B, 2), "distance" (B, 1), "emotion" (B, E), "has_gaze", "has_distance",
+    "has_emotion" (B,) bool}.
+  """
+  def one(value, size, key):
+    arr = np.zeros((size,), np.float32) if value is None else np.asarray(value, np.float32)
+    if arr.shape != (size,):
+      raise ValueError(f"{key} must have shape ({size},), got {arr.shape}")
+    return (jnp.broadcast_to(jnp.asarray(arr), (batch, size)),
+            jnp.full((batch,), value is not None, bool))
+
+  out = {}
+  for key, value, size in (("gaze", gaze, 2), ("distance", distance, 1),
+                           ("emotion", emotion, emotion_dim)):
+    out[key], out[f"has_{key}"] = one(value, size, key)
+  return out
+
+
+def initial_carry(batch: int, context: int, motion_dim: int, audio_dim: int) -> dict:
+  """The carry of the first window: zeros with `has_prev` False."""
+  return {"motion_prev": jnp.zeros((batch, context, motion_dim), jnp.float32),
+          "audio_prev": jnp.zeros((batch, context, audio_dim), jnp.float32),
+          "has_prev": jnp.zeros((batch,), bool)}
+
+
+def guided_x0(apply_fn: Callable, params, x_t: jax.Array, t: jax.Array, cond: dict,
+              cfg_audio: float | jax.Array, cfg_gaze: float | jax.Array) -> jax.Array:
+  """VASA-1 multi-condition classifier-free guidance in one batched forward pass.
+
+  x0 = (1 + la + lg) H(C) - la H(C without audio) - lg H(C without gaze).
+
+  Args:
+    apply_fn: denoise_fn(params, x_t, t, cond) -> x0_hat.
+    params: model parameters.
+    x_t: (B, W, Dm).
+    t: (B,) timesteps.
+    cond: the full condition dict (see `MotionDiT`).
+    cfg_audio: la.
+    cfg_gaze: lg.
+
+  Returns:
+    (B, W, Dm) guided x0.
+  """
+  b = x_t.shape[0]
+  no_audio = dict(cond, has_audio=jnp.zeros_like(jnp.asarray(cond["has_audio"]), bool))
+  no_gaze = dict(cond, has_gaze=jnp.zeros((b,), bool))
+  variants = [cond, no_audio, no_gaze]
+  keys = sorted(cond)
+  stacked = {k: jnp.concatenate([jnp.asarray(v[k]) for v in variants], axis=0) for k in keys}
+  out = apply_fn(params, jnp.concatenate([x_t] * 3, 0), jnp.concatenate([t] * 3, 0), stacked)
+  h_c, h_no_audio, h_no_gaze = jnp.split(out, 3, axis=0)
+  la = jnp.asarray(cfg_audio, h_c.dtype)
+  lg = jnp.asarray(cfg_gaze, h_c.dtype)
+  return (1.0 + la + lg) * h_c - la * h_no_audio - lg * h_no_gaze
+
+
+def build_cond(carry: dict, audio_window: jax.Array, audio_mask: jax.Array, controls: dict) -> dict:
+  """Joins the carry, a window's encoded audio and the controls into the DiT condition dict."""
+  return {"audio": audio_window, "has_audio": audio_mask,
+          "motion_prev": carry["motion_prev"], "audio_prev": carry["audio_prev"],
+          "has_prev": carry["has_prev"], **controls}
+
+
+def sample_window(apply_fn: Callable, params, carry: dict, audio_window: jax.Array,
+                  controls: dict, rng: jax.Array, *, audio_mask: jax.Array | None = None,
+                  schedule: schedule_lib.Schedule | None = None, steps: int = 50,
+                  sampler: str = "ddim", cfg_audio: float | jax.Array = 0.5,
+                  cfg_gaze: float | jax.Array = 1.0) -> tuple[dict, jax.Array]:
+  """Generates one motion window by DDIM / DDPM with guidance (one `lax.scan`).
+
+  Args:
+    apply_fn: denoise_fn(params, x_t, t, cond) -> x0_hat.
+    params: model parameters.
+    carry: {"motion_prev" (B, K, Dm), "audio_prev" (B, K, Da), "has_prev" (B,)}.
+    audio_window: (B, W, Da) encoded audio of the window.
+    controls: from `make_controls`.
+    rng: this window's key.
+    audio_mask: (B, W) bool, False on padded frames; None = all True.
+    schedule: the training schedule (default cosine, 1000 steps).
+    steps: sampling steps S.
+    sampler: "ddim" (eta 0) or "ddpm" (eta 1).
+    cfg_audio, cfg_gaze: guidance scales.
+
+  Returns:
+    (new carry with the window's last K frames, motion (B, W, Dm)).
+  """
+  if sampler not in SAMPLERS:
+    raise ValueError(f"Unknown sampler {sampler!r}; use one of {sorted(SAMPLERS)} "
+                     "(config.diffusion.sampler)")
+  schedule = schedule or schedule_lib.make_schedule("cosine", 1000)
+  b, w, _ = audio_window.shape
+  k, dm = carry["motion_prev"].shape[1:]
+  if audio_mask is None:
+    audio_mask = jnp.ones((b, w), bool)
+  cond = build_cond(carry, audio_window, audio_mask, controls)
+  ts = schedule_lib.sampling_timesteps(schedule.num_steps, steps)
+  ts_prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
+  eta = SAMPLERS[sampler]
+  rng_init, rng_steps = jax.random.split(rng)
+  x_init = jax.random.normal(rng_init, (b, w, dm), jnp.float32)
+
+  def body(x_t, inputs):
+    i, t, t_prev = inputs
+    tb = jnp.full((b,), t, jnp.int32)
+    x0 = guided_x0(apply_fn, params, x_t, tb, cond, cfg_audio, cfg_gaze)
+    noise = jax.random.normal(jax.random.fold_in(rng_steps, i), x_t.shape, x_t.dtype)
+    x_prev = schedule_lib.ddim_step(schedule, x_t, x0, tb, jnp.full((b,), t_prev, jnp.int32),
+                                    noise, eta)
+    return x_prev, None
+
+  xs = (jnp.arange(steps, dtype=jnp.int32), jnp.asarray(ts), jnp.asarray(ts_prev))
+  motion, _ = jax.lax.scan(body, x_init, xs)
+  new_carry = {"motion_prev": motion[:, w - k:], "audio_prev": audio_window[:, w - k:],
+               "has_prev": jnp.ones((b,), bool)}
+  return new_carry, motion
+
+
+def make_sample_window(apply_fn: Callable, config, *, steps: int | None = None,
+                       sampler: str | None = None) -> Callable:
+  """One jitted window sampler reused for every window.
+
+  Args:
+    apply_fn: denoise_fn(params, x_t, t, cond) -> x0_hat.
+    config: a `configs/motion.py` config (`config.diffusion`).
+    steps: sampling steps (default config.diffusion.sample_steps).
+    sampler: "ddim" | "ddpm" (default config.diffusion.sampler).
+
+  Returns:
+    fn(params, carry, audio_window, audio_mask, controls, rng, cfg_audio, cfg_gaze)
+    -> (carry, motion (B, W, Dm)); scales are traced, so new values reuse the compiled code.
+  """
+  d = config.diffusion
+  schedule = schedule_lib.make_schedule(d.schedule, d.train_steps)
+  steps = int(steps or d.sample_steps)
+  sampler = sampler or d.sampler
+
+  def fn(params, carry, audio_window, audio_mask, controls, rng, cfg_audio, cfg_gaze):
+    return sample_window(apply_fn, params, carry, audio_window, controls, rng,
+                         audio_mask=audio_mask, schedule=schedule, steps=steps, sampler=sampler,
+                         cfg_audio=cfg_audio, cfg_gaze=cfg_gaze)
+
+  return jax.jit(fn)
+
+
+def window_count(num_frames: int, window: int) -> int:
+  """ceil(T / W), at least 1."""
+  return max(1, -(-num_frames // window))
+
+
+def pad_window(audio: jax.Array, start: int, window: int) -> tuple[jax.Array, jax.Array]:
+  """Frames [start, start + W) of (T, Da) features, zero-padded past T, and their (W,) mask."""
+  seg = audio[start:start + window]
+  n = seg.shape[0]
+  seg = jnp.pad(seg, ((0, window - n), (0, 0)))
+  return seg, jnp.arange(window) < n
+
+
+def sample_sequence(sample_window_fn: Callable, params, audio: jax.Array, controls: dict,
+                    rng: jax.Array, *, window: int, context: int, motion_dim: int,
+                    encode_fn: Callable | None = None, cfg_audio: float = 0.5,
+                    cfg_gaze: float = 1.0) -> jax.Array:
+  """Generates motion for audio of any length, window by window.
+
+  Args:
+    sample_window_fn: from `make_sample_window`.
+    params: model parameters (passed to `sample_window_fn` and `encode_fn`).
+    audio: (T, Da) encoded features, or (T, 4, 80) log-mel rows when `encode_fn` is given.
+    controls: from `make_controls` (batch 1).
+    rng: the sequence seed; window i uses fold_in(rng, i).
+    window: W.
+    context: K.
+    motion_dim: Dm.
+    encode_fn: encode_fn(params, (1, T, 4, 80)) -> (1, T, Da), run once over the whole audio.
+    cfg_audio, cfg_gaze: guidance scales.
+
+  Returns:
+    (T, Dm) float32 motion (normalised, as the model was trained).
+  """
+  audio = jnp.asarray(audio, jnp.float32)
+  if audio.ndim == 3:
+    if encode_fn is None:
+      raise ValueError("sample_sequence got log-mel rows (T, 4, 80) but no encode_fn")
+    audio = encode_fn(params, audio[None])[0]  # (T, Da)
+  if audio.ndim != 2:
+    raise ValueError(f"audio must be (T, Da) or (T, 4, 80), got {audio.shape}")
+  num_frames = audio.shape[0]
+  carry = initial_carry(1, context, motion_dim, audio.shape[1])
+  out = []
+  for i in range(window_count(num_frames, window)):
+    seg, mask = pad_window(audio, i * window, window)
+    carry, motion = sample_window_fn(params, carry, seg[None], mask[None], controls,
+                                     jax.random.fold_in(rng, i), cfg_audio, cfg_gaze)
+    out.append(motion[0])
+  return jnp.concatenate(out, axis=0)[:num_frames]

@@ -1,0 +1,368 @@
+"""The generation pipeline: portrait + speech -> talking-face frames (offline and streaming).
+
+    pipe = load_pipeline()                       # the bundled demo checkpoint
+    result = pipe.generate("me.jpg", "speech.wav", steps=10)
+    for frame in pipe.stream("me.jpg", chunks): ...
+
+Per clip: the portrait is cropped as in training and encoded once (`v_app`, `z_id`, its pose and
+dynamics), then canonicalised once (the source warp); the speech becomes log-mel rows, then
+encoded audio; motion is sampled window by window by one jitted `sample_window`; each window of
+motion is rendered by one jitted decoder call of W frames. Streaming runs the same jitted
+functions per window as audio arrives, so for the same seed it gives the same frames.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from typing import Any, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vasa_jax.errors import CheckpointError, VasaInputError
+
+PIPELINE_FILE = "pipeline.json"
+DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parent.parent / "assets" / "demo"
+EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
+
+
+@dataclasses.dataclass
+class GenerationResult:
+  """Frames (T, H, W, 3) uint8 at `fps`, the 16 kHz audio they follow, and the motion used."""
+  frames: np.ndarray
+  fps: float
+  audio: np.ndarray
+  sample_rate: int
+  motion: np.ndarray  # (T, 6 + Dz) denormalised [z_pose, z_dyn]
+  timings: dict
+
+
+@dataclasses.dataclass
+class Portrait:
+  """A portrait encoded once: the crop, its canonical volume and its own latents."""
+  crop: np.ndarray  # (R, R, 3) uint8
+  v_can: jax.Array  # (1, D, S, S, C)
+  z_id: jax.Array  # (1, Zi)
+  z_pose: jax.Array  # (1, 6)
+  z_dyn: jax.Array  # (1, Zd)
+
+
+def parse_emotion(emotion, emotion_dim: int) -> np.ndarray | None:
+  """None, an emotion name or a vector (sequence or comma-separated text) -> (E,) or None."""
+  if emotion is None or (isinstance(emotion, str) and not emotion.strip()):
+    return None
+  if isinstance(emotion, str):
+    name = emotion.strip().lower()
+    if name in EMOTIONS:
+      vec = np.zeros((emotion_dim,), np.float32)
+      vec[EMOTIONS.index(name)] = 1.0
+      return vec
+    try:
+      emotion = [float(v) for v in name.split(",")]
+    except ValueError:
+      raise VasaInputError(f"Unknown emotion {emotion!r}: use one of {', '.join(EMOTIONS)} or a "
+                           f"comma-separated vector of {emotion_dim} numbers.") from None
+  vec = np.asarray(emotion, np.float32).reshape(-1)
+  if vec.shape != (emotion_dim,):
+    raise VasaInputError(f"Emotion vector has {vec.size} values; this model expects "
+                         f"{emotion_dim}.")
+  return vec
+
+
+class Pipeline:
+  """Stage 1 + stage 2 models with their jitted inference functions.
+
+  Args:
+    latent_config, latent_params: the stage 1 run (config with `.model`).
+    motion_config, motion_params: the stage 2 run.
+    motion_stats: {"mean": [...], "std": [...]} of [z_pose, z_dyn] used in training.
+    steps: default sampling steps (None: the motion config's `diffusion.sample_steps`).
+    pose_mode: "relative" adds the generated head motion (relative to the training mean pose)
+      to the portrait's own pose, so the portrait keeps its framing; "absolute" uses it as is.
+  """
+
+  def __init__(self, latent_config, latent_params, motion_config, motion_params, motion_stats,
+               *, steps: int | None = None, pose_mode: str = "relative"):
+    # pylint: disable=import-outside-toplevel
+    from vasa_jax.diffusion import sampler as sampler_lib
+    from vasa_jax.models import motion_dit
+    from vasa_jax.models.face_model import FaceModel
+
+    if pose_mode not in ("relative", "absolute"):
+      raise ValueError(f"pose_mode must be 'relative' or 'absolute', got {pose_mode!r}")
+    self.latent_config, self.motion_config = latent_config, motion_config
+    self.latent_params, self.motion_params = latent_params, motion_params
+    self.resolution = int(latent_config.model.resolution)
+    self.z_pose_dim = int(latent_config.model.z_pose_dim)
+    m = motion_config.model
+    if int(m.motion_dim) != self.z_pose_dim + int(latent_config.model.z_dyn_dim):
+      raise CheckpointError(
+          f"Stage 2 motion_dim {m.motion_dim} does not match stage 1 z_pose + z_dyn "
+          f"({self.z_pose_dim} + {latent_config.model.z_dyn_dim}): the two checkpoints were not "
+          "trained together.")
+    self.window, self.context = int(m.window), int(m.context)
+    self.motion_dim, self.emotion_dim = int(m.motion_dim), int(m.emotion_dim)
+    self.steps = int(steps or motion_config.diffusion.sample_steps)
+    self.pose_mode = pose_mode
+    self.mean = np.asarray(motion_stats["mean"], np.float32)
+    self.std = np.asarray(motion_stats["std"], np.float32)
+    self._sampler_lib = sampler_lib
+
+    self.face_model = FaceModel(latent_config.model)
+    self.motion_model = motion_dit.build_motion_model(motion_config)
+    self._denoise_fn, encode_fn = motion_dit.make_apply_fns(self.motion_model)
+    self.audio_receptive_past = int(self.motion_model.audio_encoder.receptive_past)
+    self.audio_lookahead = int(self.motion_model.audio_encoder.lookahead)
+    self._encode_audio = jax.jit(encode_fn)
+    self._samplers: dict[int, Any] = {}
+    face = self.face_model
+
+    @jax.jit
+    def encode_portrait(params, img):  # (1, R, R, 3) uint8
+      x = img.astype(jnp.float32) / 127.5 - 1.0
+      lat = face.apply({"params": params}, x, method=FaceModel.encode)
+      v_can = face.apply({"params": params}, lat["v_app"], lat["z_id"], lat["z_pose"],
+                         lat["z_dyn"], method=FaceModel.canonicalize)
+      return v_can, lat["z_id"], lat["z_pose"], lat["z_dyn"]
+
+    @jax.jit
+    def render(params, v_can, z_id, z_pose, z_dyn):  # (1, ...) portrait, (n, 6), (n, Zd)
+      n = z_pose.shape[0]
+      v = jnp.broadcast_to(v_can, (n,) + v_can.shape[1:])
+      zi = jnp.broadcast_to(z_id, (n,) + z_id.shape[1:])
+      img = face.apply({"params": params}, v, zi, z_pose, z_dyn, method=FaceModel.render)
+      return jnp.clip(jnp.round((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+    self._encode_portrait, self._render = encode_portrait, render
+
+  # -- building blocks ---------------------------------------------------------------------
+
+  def sample_window_fn(self, steps: int | None = None):
+    """The jitted window sampler for `steps` (compiled once per step count, then reused)."""
+    steps = int(steps or self.steps)
+    if steps not in self._samplers:
+      self._samplers[steps] = self._sampler_lib.make_sample_window(
+          self._denoise_fn, self.motion_config, steps=steps)
+    return self._samplers[steps]
+
+  def controls(self, gaze=None, distance=None, emotion=None) -> dict:
+    """Control inputs; None = dropped (the model's unconditional null token)."""
+    if gaze is not None and np.asarray(gaze).shape != (2,):
+      raise VasaInputError(f"gaze must be (theta, phi) in radians, got {gaze!r}")
+    dist = None if distance is None else np.asarray([float(np.asarray(distance).ravel()[0])])
+    return self._sampler_lib.make_controls(
+        self.emotion_dim, gaze=None if gaze is None else np.asarray(gaze, np.float32),
+        distance=dist, emotion=parse_emotion(emotion, self.emotion_dim))
+
+  def prepare_portrait(self, image, *, source: str | None = None) -> Portrait:
+    """Reads, crops (as in training) and encodes a portrait once."""
+    # pylint: disable=import-outside-toplevel
+    from vasa_jax.data import face_crop, media
+
+    if source is None:
+      source = str(image) if isinstance(image, (str, os.PathLike)) else "<array>"
+    img = media.read_image(image)
+    crop = face_crop.crop_image(img, self.resolution, source=source).image
+    v_can, z_id, z_pose, z_dyn = self._encode_portrait(self.latent_params, crop[None])
+    return Portrait(crop=crop, v_can=v_can, z_id=z_id, z_pose=z_pose, z_dyn=z_dyn)
+
+  def denormalize(self, motion: np.ndarray, portrait: Portrait) -> np.ndarray:
+    """Normalised sampler output (T, Dm) -> [z_pose, z_dyn] the decoder takes."""
+    out = np.asarray(motion, np.float32) * self.std + self.mean
+    if self.pose_mode == "relative":
+      p = self.z_pose_dim
+      out[:, :p] += np.asarray(portrait.z_pose[0]) - self.mean[:p]
+    return out
+
+  def render_frames(self, portrait: Portrait, motion: np.ndarray) -> np.ndarray:
+    """(T, Dm) denormalised motion -> (T, R, R, 3) uint8, W frames per decoder call."""
+    n = motion.shape[0]
+    out = []
+    for start in range(0, n, self.window):
+      chunk = motion[start:start + self.window]
+      m = chunk.shape[0]
+      if m < self.window:  # keep one compiled shape
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.window - m, 0)])
+      frames = self._render(self.latent_params, portrait.v_can, portrait.z_id,
+                            jnp.asarray(chunk[:, :self.z_pose_dim]),
+                            jnp.asarray(chunk[:, self.z_pose_dim:]))
+      out.append(np.asarray(frames)[:m])
+    r = self.resolution
+    return np.concatenate(out) if out else np.zeros((0, r, r, 3), np.uint8)
+
+  # -- public API --------------------------------------------------------------------------
+
+  def generate(self, image, audio, *, gaze=None, distance=None, emotion=None,
+               cfg_audio: float = 0.5, cfg_gaze: float = 1.0, steps: int | None = None,
+               seed: int = 0, sample_rate: int | None = None,
+               progress: bool = False) -> GenerationResult:
+    """Offline generation of a whole clip.
+
+    Args:
+      image: portrait path or array (any size, RGB/RGBA/grey; EXIF rotation applied).
+      audio: speech path (wav/mp3/flac/m4a or a video's track) or a float array.
+      gaze: (theta, phi) main gaze in radians, or None (dropped).
+      distance: normalised head-to-camera distance (0 = training average) or None.
+      emotion: an emotion name, an (E,) vector or None.
+      cfg_audio, cfg_gaze: guidance scales (paper: 0.5 and 1.0).
+      steps: sampling steps (default: the pipeline's).
+      seed: random seed (same seed, same video).
+      sample_rate: the rate of an audio array (default 16000).
+      progress: show a progress bar over windows.
+
+    Returns:
+      GenerationResult with frames (T, R, R, 3), T = ceil(audio seconds * 25).
+    """
+    # pylint: disable=import-outside-toplevel
+    from tqdm import tqdm
+    from vasa_jax.data import audio_features, media
+
+    t0 = time.perf_counter()
+    wav = media.read_audio(audio, sr=16000, orig_sr=sample_rate or 16000)
+    portrait = self.prepare_portrait(image)
+    t1 = time.perf_counter()
+    num_frames = audio_features.frames_for_audio(wav.shape[0])
+    feats = audio_features.log_mel(wav, num_frames=num_frames)  # (T, 4, 80)
+    encoded = self._encode_audio(self.motion_params, jnp.asarray(feats)[None])[0]  # (T, Da)
+    controls = self.controls(gaze, distance, emotion)
+    sample = self.sample_window_fn(steps)
+    sl = self._sampler_lib
+    carry = sl.initial_carry(1, self.context, self.motion_dim, encoded.shape[-1])
+    rng = jax.random.key(seed)
+    frames, motions = [], []
+    n_windows = sl.window_count(num_frames, self.window)
+    bar = tqdm(total=num_frames, unit="frame", desc="generate", disable=not progress)
+    for i in range(n_windows):
+      seg, mask = sl.pad_window(encoded, i * self.window, self.window)
+      carry, motion = sample(self.motion_params, carry, seg[None], mask[None], controls,
+                             jax.random.fold_in(rng, i), cfg_audio, cfg_gaze)
+      m = min(self.window, num_frames - i * self.window)
+      motion = self.denormalize(np.asarray(motion[0, :m]), portrait)
+      frames.append(self.render_frames(portrait, motion))
+      motions.append(motion)
+      bar.update(m)
+      bar.set_postfix(fps=f"{bar.n / max(time.perf_counter() - t1, 1e-9):.1f}")
+    bar.close()
+    t2 = time.perf_counter()
+    return GenerationResult(
+        frames=np.concatenate(frames), fps=25.0, audio=wav, sample_rate=16000,
+        motion=np.concatenate(motions),
+        timings={"prepare_s": t1 - t0, "generate_s": t2 - t1,
+                 "fps": num_frames / max(t2 - t1, 1e-9)})
+
+  def stream(self, image, audio_chunks: Iterable, *, gaze=None, distance=None, emotion=None,
+             cfg_audio: float = 0.5, cfg_gaze: float = 1.0, steps: int | None = None,
+             seed: int = 0) -> Iterator[np.ndarray]:
+    """Streaming generation: yields (R, R, 3) uint8 frames as soon as they exist.
+
+    Args:
+      image: portrait path or array.
+      audio_chunks: an iterable of float32 16 kHz sample arrays (any chunk size), e.g. from a
+        microphone; frames follow with a bounded delay of one window plus the audio encoder's
+        look-ahead.
+      Other arguments as in `generate`; the same seed gives the same frames as `generate`.
+    """
+    from vasa_jax.inference.streaming import MotionStream  # pylint: disable=import-outside-toplevel
+
+    portrait = self.prepare_portrait(image)
+    da = int(self.motion_config.model.audio_width)
+    stream = MotionStream(
+        self.sample_window_fn(steps), self.motion_params, self._encode_audio,
+        self.controls(gaze, distance, emotion), jax.random.key(seed), window=self.window,
+        context=self.context, motion_dim=self.motion_dim, audio_dim=da,
+        receptive_past=self.audio_receptive_past, lookahead=self.audio_lookahead,
+        cfg_audio=cfg_audio, cfg_gaze=cfg_gaze)
+
+    def emit(motion):
+      if motion.shape[0]:
+        yield from self.render_frames(portrait, self.denormalize(motion, portrait))
+
+    for chunk in audio_chunks:
+      chunk = np.asarray(chunk, np.float32).reshape(-1)
+      if not np.all(np.isfinite(chunk)):
+        raise VasaInputError("An audio chunk holds NaN or inf samples.")
+      yield from emit(stream.push(chunk))
+    yield from emit(stream.flush())
+
+
+def save_pipeline(out_dir, latent_config, latent_params, motion_config, motion_params,
+                  motion_stats, *, dtype: str = "bfloat16", steps: int | None = None):
+  """Writes a self-describing pipeline directory (latent/, motion/, pipeline.json)."""
+  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  checkpoint.export_params(latent_params, latent_config, out / "latent", dtype=dtype)
+  checkpoint.export_params(motion_params, motion_config, out / "motion", dtype=dtype)
+  meta = {"format": "vasa-jax-pipeline", "version": 1,
+          "motion_stats": {"mean": [float(v) for v in motion_stats["mean"]],
+                           "std": [float(v) for v in motion_stats["std"]]},
+          "steps": int(steps or motion_config.diffusion.sample_steps)}
+  tmp = out / (PIPELINE_FILE + ".tmp")
+  tmp.write_text(json.dumps(meta, indent=1))
+  os.replace(tmp, out / PIPELINE_FILE)
+  return out
+
+
+def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
+  """Loads a pipeline directory (default: the bundled demo checkpoint).
+
+  Args:
+    path: a directory written by `vasa-jax export` / `save_pipeline`.
+    **kwargs: passed to `Pipeline` (steps, pose_mode).
+  """
+  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+
+  p = pathlib.Path(path).expanduser() if path is not None else DEFAULT_CHECKPOINT
+  meta_path = p / PIPELINE_FILE
+  if not meta_path.is_file():
+    hint = ("the bundled demo checkpoint is missing from this install; reinstall vasa-jax"
+            if path is None else "pass a directory written by `vasa-jax export`")
+    raise CheckpointError(f"No pipeline checkpoint at {p} ({PIPELINE_FILE} not found): {hint}.")
+  meta = json.loads(meta_path.read_text())
+  latent_config, latent_params = checkpoint.load_exported(p / "latent")
+  motion_config, motion_params = checkpoint.load_exported(p / "motion")
+  kwargs.setdefault("steps", meta.get("steps"))
+  return Pipeline(latent_config, latent_params, motion_config, motion_params,
+                  meta["motion_stats"], **kwargs)
+
+
+def init_random_params(latent_config, motion_config, seed: int = 0):
+  """Randomly initialised (unboxed) stage 1 and stage 2 parameters, for tests and benchmarks."""
+  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn
+  from vasa_jax.models import motion_dit
+  from vasa_jax.models.face_model import FaceModel
+  from vasa_jax.train import motion_task
+
+  r = int(latent_config.model.resolution)
+  img = jnp.zeros((1, r, r, 3), jnp.float32)
+  k_lat, k_mot = jax.random.split(jax.random.key(seed))
+  latent_params = jax.jit(FaceModel(latent_config.model).init)(k_lat, img, img)["params"]
+  m, e = motion_config.model, int(motion_config.model.emotion_dim)
+  w, k = int(m.window), int(m.context)
+  batch = {"motion": np.zeros((1, w, int(m.motion_dim)), np.float32),
+           "motion_prev": np.zeros((1, k, int(m.motion_dim)), np.float32),
+           "audio": np.zeros((1, w, 4, 80), np.float32),
+           "audio_prev": np.zeros((1, k, 4, 80), np.float32),
+           "has_prev": np.zeros((1,), bool), "gaze": np.zeros((1, 2), np.float32),
+           "distance": np.zeros((1, 1), np.float32), "emotion": np.zeros((1, e), np.float32),
+           "emotion_mask": np.zeros((1,), bool)}
+  cond = motion_task.batch_cond(batch, motion_task.full_masks(batch, w))
+  model = motion_dit.build_motion_model(motion_config)
+  motion_params = jax.jit(model.init)(k_mot, jnp.asarray(batch["motion"]),
+                                      jnp.zeros((1,), jnp.int32), cond)["params"]
+  return nn.unbox(latent_params), nn.unbox(motion_params)
+
+
+def random_pipeline(config, seed: int = 0, **kwargs) -> Pipeline:
+  """A pipeline with random weights from a `configs/demo.py` config (speed and shape checks)."""
+  latent_params, motion_params = init_random_params(config.latent, config.motion, seed)
+  dm = int(config.motion.model.motion_dim)
+  stats = {"mean": [0.0] * dm, "std": [1.0] * dm}
+  kwargs.setdefault("steps", config.inference.steps)
+  return Pipeline(config.latent, latent_params, config.motion, motion_params, stats, **kwargs)

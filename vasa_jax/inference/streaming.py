@@ -1,0 +1,176 @@
+"""Streaming motion generation: audio in, motion windows out as soon as they can be made.
+
+`MotionStream` reproduces `vasa_jax.diffusion.sampler.sample_sequence` exactly (same windows,
+same per-window keys fold_in(rng, i), same encoder features) while audio arrives in chunks:
+
+- audio is accepted as log-mel feature frames (n, 4, 80), or as raw 16 kHz samples (n,), which are
+  turned into feature frames incrementally with `vasa_jax.data.audio_features.log_mel` (a frame's
+  rows need 176 samples past the frame's end, so frames lag the samples by one frame);
+- window i (frames [iW, iW + W)) is emitted once feature frames up to iW + W + lookahead exist:
+  the audio encoder's features for those frames are then final. They are computed on a buffer
+  that starts before the window (see below), which gives the same numbers as encoding
+  the whole sequence at once (the encoder's receptive field is bounded, see
+  `models/audio_encoder.py`; the buffer starts receptive_past + lookahead frames early because the
+  encoder's look-ahead shift drops the buffer's first `lookahead` frames);
+- `flush()` ends the stream: the remaining frames are generated, the last window padded (audio
+  masked) and trimmed, exactly as offline.
+
+Latency: W + lookahead frames of audio (plus one frame for raw samples) and the sampling time.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs.common import N_MELS, ROWS_PER_FRAME, SAMPLES_PER_FRAME
+from vasa_jax.diffusion import sampler as sampler_lib
+
+# Rows of frame t are centred up to sample 640 t + 560 and span n_fft / 2 = 256 samples around it.
+_SAMPLE_LOOKAHEAD = 176
+_SAMPLE_CONTEXT = SAMPLES_PER_FRAME  # one frame of earlier samples covers a row's left half
+
+
+class MotionStream:
+  """Incremental motion generator (see the module docstring).
+
+  Args:
+    sample_window_fn: from `sampler.make_sample_window` (the same one offline generation uses).
+    params: model parameters.
+    encode_fn: encode_fn(params, (1, T, 4, 80)) -> (1, T, Da).
+    controls: from `sampler.make_controls` (batch 1).
+    rng: the sequence seed.
+    window: W.
+    context: K.
+    motion_dim: Dm.
+    audio_dim: Da.
+    receptive_past: past frames that influence one encoder output frame.
+    lookahead: future frames that influence one encoder output frame.
+    cfg_audio, cfg_gaze: guidance scales.
+  """
+
+  def __init__(self, sample_window_fn: Callable, params, encode_fn: Callable, controls: dict,
+               rng: jax.Array, *, window: int, context: int, motion_dim: int, audio_dim: int,
+               receptive_past: int, lookahead: int = 0, cfg_audio: float = 0.5,
+               cfg_gaze: float = 1.0):
+    self._sample_window = sample_window_fn
+    self._params = params
+    self._encode = encode_fn
+    self._controls = controls
+    self._rng = rng
+    self.window, self.context = window, context
+    self.receptive_past, self.lookahead = receptive_past, lookahead
+    # The encoder shifts its input left by `lookahead` frames before its causal stack, so a
+    # buffer needs receptive_past + lookahead frames before the first frame whose features it
+    # must get right (the first `lookahead` buffer frames only reach outputs before the buffer).
+    self._left = receptive_past + lookahead
+    self._cfg = (cfg_audio, cfg_gaze)
+    self._carry = sampler_lib.initial_carry(1, context, motion_dim, audio_dim)
+    self._feats = np.zeros((0, ROWS_PER_FRAME, N_MELS), np.float32)  # kept frames
+    self._feat_start = 0  # absolute index of self._feats[0]
+    self._samples = np.zeros((0,), np.float32)  # raw samples not yet all turned into frames
+    self._sample_start = 0  # absolute sample index of self._samples[0]
+    self._frames_from_samples = 0
+    self._next_window = 0
+    self._flushed = False
+
+  @property
+  def frames_received(self) -> int:
+    """Feature frames received so far."""
+    return self._feat_start + self._feats.shape[0]
+
+  def push(self, audio) -> np.ndarray:
+    """Adds audio and returns the motion frames that became available, (n, Dm), maybe n = 0.
+
+    Args:
+      audio: (n, 4, 80) log-mel feature frames or (n,) float32 16 kHz samples. Do not mix kinds.
+    """
+    if self._flushed:
+      raise RuntimeError("MotionStream.push after flush(); start a new stream")
+    audio = np.asarray(audio, np.float32)
+    if audio.ndim == 1:
+      self._add_samples(audio, final=False)
+    elif audio.ndim == 3 and audio.shape[1:] == (ROWS_PER_FRAME, N_MELS):
+      self._add_frames(audio)
+    else:
+      raise ValueError(f"push expects (n, {ROWS_PER_FRAME}, {N_MELS}) feature frames or (n,) "
+                       f"samples, got {audio.shape}")
+    out = []
+    while self._next_window * self.window + self.window + self.lookahead <= self.frames_received:
+      out.append(self._emit(final=False))
+    return self._join(out)
+
+  def flush(self) -> np.ndarray:
+    """Ends the stream and returns all remaining motion frames, (n, Dm)."""
+    if self._flushed:
+      return self._join([])
+    if self._samples.size or self._sample_start:
+      self._add_samples(np.zeros((0,), np.float32), final=True)
+    self._flushed = True
+    out = []
+    while self._next_window * self.window < self.frames_received:
+      out.append(self._emit(final=True))
+    if not out and self._next_window == 0:  # empty stream: offline gives (0, Dm) too
+      return self._join([])
+    return self._join(out)
+
+  # -- internals -----------------------------------------------------------------------------
+
+  def _join(self, parts):
+    dm = self._carry["motion_prev"].shape[-1]
+    return np.concatenate(parts, 0) if parts else np.zeros((0, dm), np.float32)
+
+  def _add_frames(self, frames: np.ndarray):
+    self._feats = np.concatenate([self._feats, frames], 0)
+
+  def _add_samples(self, samples: np.ndarray, final: bool):
+    from vasa_jax.data.audio_features import frames_for_audio, log_mel  # numpy only
+
+    self._samples = np.concatenate([self._samples, samples])
+    total = self._sample_start + self._samples.size
+    if final:
+      ready = frames_for_audio(total)
+    else:
+      ready = max(0, (total - _SAMPLE_LOOKAHEAD) // SAMPLES_PER_FRAME)
+    first = self._frames_from_samples
+    if ready <= first:
+      return
+    # Start one frame early (or at 0, where offline zero-pads too) so row windows see real audio.
+    lead = 1 if first > 0 else 0
+    seg_start = (first - lead) * SAMPLES_PER_FRAME
+    seg = self._samples[seg_start - self._sample_start:]
+    if not final:
+      seg = seg[:(ready * SAMPLES_PER_FRAME + _SAMPLE_LOOKAHEAD) - seg_start]
+    else:
+      # Offline zero-pads beyond the end; the last frame's window may need samples past `total`.
+      seg = seg[:max(0, total - seg_start)]
+    feats = log_mel(seg, num_frames=ready - first + lead)[lead:]
+    self._add_frames(feats)
+    self._frames_from_samples = ready
+    keep_from = max(0, (ready - 1) * SAMPLES_PER_FRAME)  # one frame of left context
+    self._samples = self._samples[keep_from - self._sample_start:]
+    self._sample_start = keep_from
+
+  def _emit(self, final: bool) -> np.ndarray:
+    i = self._next_window
+    start = i * self.window
+    end = min(start + self.window, self.frames_received)
+    enc_start = max(0, start - self._left)
+    enc_end = self.frames_received if final else start + self.window + self.lookahead
+    enc_end = min(enc_end, self.frames_received)
+    buf = self._feats[enc_start - self._feat_start:enc_end - self._feat_start]
+    feats = self._encode(self._params, jnp.asarray(buf)[None])[0]  # (n, Da)
+    feats = feats[start - enc_start:end - enc_start]
+    seg, mask = sampler_lib.pad_window(feats, 0, self.window)
+    self._carry, motion = self._sample_window(
+        self._params, self._carry, seg[None], mask[None], self._controls,
+        jax.random.fold_in(self._rng, i), *self._cfg)
+    self._next_window += 1
+    # Keep only the feature frames later windows can still need.
+    drop = max(0, (i + 1) * self.window - self._left) - self._feat_start
+    if drop > 0:
+      self._feats = self._feats[drop:]
+      self._feat_start += drop
+    return np.asarray(motion[0, :end - start])

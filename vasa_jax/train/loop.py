@@ -1,0 +1,329 @@
+"""The one training loop: `train(config, workdir)` for every stage (big_vision style).
+
+Reads top to bottom: distributed init, workdir, mesh, task + input, abstract state and
+shardings, checkpoint restore or sharded init, the train step compiled ahead of time, the loop
+(metrics, NaN check, samples, checkpoints).
+The stage-specific parts live in the Task (`tasks.get_task`); this file never looks inside
+the model.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+from vasa_jax import config_utils
+from vasa_jax.train import checkpoint as ckpt_lib
+from vasa_jax.train import distributed
+from vasa_jax.train import optim
+from vasa_jax.train import sharding as shd
+from vasa_jax.train import tasks
+
+log = logging.getLogger(__name__)
+
+# One JSON object per log step (process 0), next to TensorBoard's events, easy to read back.
+METRICS_FILE = "metrics.jsonl"
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces shared by `train` and `compile_train_step`.
+# ---------------------------------------------------------------------------------------------
+def _zeros_like_spec(spec):
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), spec)
+
+
+def _init_fn(task, batch_spec):
+  """rng -> boxed TrainState; the example batch is built from shapes inside the trace."""
+  return lambda rng: task.init(rng, _zeros_like_spec(batch_spec))
+
+
+def abstract_state(task, batch_spec, mesh, rules):
+  """Shapes and shardings of the task's state, without allocating it.
+
+  Args:
+    task: the Task.
+    batch_spec: ShapeDtypeStructs of the global batch.
+    mesh: device mesh.
+    rules: logical axis rules.
+
+  Returns:
+    (abstract, shardings): unboxed ShapeDtypeStructs carrying their NamedShardings, and the
+    NamedSharding pytree itself.
+  """
+  rng_spec = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  with shd.mesh_context(mesh, rules):
+    boxed = jax.eval_shape(_init_fn(task, batch_spec), rng_spec)
+  shardings = shd.state_shardings(boxed, mesh, rules)
+  return ckpt_lib.abstract_target(nn.unbox(boxed), shardings), shardings
+
+
+def create_sharded_state(task, batch_spec, mesh, rules, rng, shardings):
+  """Runs `task.init` under jit with `out_shardings`, so each device only builds its shards.
+
+  Returns:
+    The unboxed TrainState, every leaf a global array laid out as `shardings` says.
+  """
+  init = jax.jit(lambda r: nn.unbox(_init_fn(task, batch_spec)(r)), out_shardings=shardings)
+  with shd.mesh_context(mesh, rules):
+    return init(shd.replicate(rng, mesh))
+
+
+def make_train_step(task):
+  """Wraps `task.train_step` with what the loop owns: rng folding, the step counter, NaN watch.
+
+  The returned function maps (state, batch, rng, first_bad) -> (state, metrics, first_bad);
+  `first_bad` is the first step whose loss was not finite (-1 if none), kept on device so
+  the host only looks at it on log/checkpoint steps.
+  """
+  def step_fn(state, batch, rng, first_bad):
+    step_rng = jax.random.fold_in(rng, state.step)
+    new_state, metrics = task.train_step(state, batch, step_rng)
+    new_state = new_state.replace(step=state.step + 1)
+    finite = jnp.isfinite(metrics["loss"])
+    first_bad = jnp.where((first_bad < 0) & ~finite, state.step + 1, first_bad)
+    return new_state, metrics, first_bad
+  return step_fn
+
+
+def _compile_step(task, abstract, shardings, batch_spec, mesh, rules):
+  """jit with in/out shardings and donation, lowered and compiled ahead of time."""
+  repl = shd.replicated(mesh)
+  jitted = jax.jit(
+      make_train_step(task),
+      in_shardings=(shardings, shd.data_sharding(mesh), repl, repl),
+      out_shardings=(shardings, repl, repl),
+      donate_argnums=(0, 3))
+  rng_spec = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl)
+  bad_spec = jax.ShapeDtypeStruct((), jnp.int32, sharding=repl)
+  t0 = time.perf_counter()
+  with shd.mesh_context(mesh, rules):
+    compiled = jitted.lower(abstract, batch_spec, rng_spec, bad_spec).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def _batch_spec_from_shapes(batch_shapes, mesh):
+  sharding = shd.data_sharding(mesh)
+
+  def one(s):
+    if isinstance(s, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding)
+    shape, dtype = s
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding)
+  return jax.tree.map(one, batch_shapes,
+                      is_leaf=lambda x: isinstance(x, (jax.ShapeDtypeStruct, tuple)))
+
+
+def compile_train_step(config, mesh, batch_shapes, task=None) -> jax.stages.Compiled:
+  """Compiles `config`'s train step for `mesh` without allocating or running anything.
+
+  Useful to check that a large config partitions and fits (e.g. `base` on 8 virtual CPU
+  devices): `compiled.memory_analysis()`, `compiled.cost_analysis()`.
+
+  Args:
+    config: the run config.
+    mesh: a device mesh (`sharding.make_mesh`).
+    batch_shapes: pytree of the GLOBAL batch, leaves `jax.ShapeDtypeStruct` or (shape, dtype).
+    task: the Task (default `tasks.get_task(config)`).
+
+  Returns:
+    The compiled step: (state, batch, rng (2,) uint32, first_bad () int32) ->
+    (state, metrics, first_bad).
+  """
+  task = tasks.get_task(config) if task is None else task
+  rules = shd.logical_rules(config)
+  batch_spec = _batch_spec_from_shapes(batch_shapes, mesh)
+  abstract, shardings = abstract_state(task, batch_spec, mesh, rules)
+  compiled, seconds = _compile_step(task, abstract, shardings, batch_spec, mesh, rules)
+  log.info("Compiled the %s train step for mesh %s in %.1fs", config.get("stage"),
+           dict(mesh.shape), seconds)
+  return compiled
+
+
+def _check_finite(first_bad, checkpointer):
+  bad = int(jax.device_get(first_bad))
+  if bad >= 0:
+    checkpointer.wait_until_finished()
+    last = checkpointer.latest_step()
+    kept = (f"the last good checkpoint (step {last}) in {checkpointer.directory} is kept"
+            if last is not None else "no checkpoint was written yet")
+    raise NonFiniteLossError(
+        f"Loss became NaN/inf at step {bad}; stopped without saving the bad state, {kept}. "
+        "Lower --config.optim.lr, enable --config.optim.grad_clip or check the input data.")
+
+
+def _save_png(image: np.ndarray, path: pathlib.Path):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
+  os.replace(tmp, path)
+
+
+def _append_jsonl(path: pathlib.Path, record: dict):
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _to_host(metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------------------------
+def train(config, workdir, *, max_steps: int | None = None, progress: bool = True
+          ) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from the latest checkpoint there.
+
+  Args:
+    config: the run config (`configs/*.py`).
+    workdir: output directory (checkpoints/, tb/, samples/, metrics.jsonl, config.json).
+    max_steps: stop at this global step (checkpointing it) even if `train.num_steps` is larger;
+      the learning-rate schedule still follows `train.num_steps`.
+    progress: show a tqdm progress bar (process 0).
+
+  Returns:
+    The last logged metrics as floats, plus "step", "compile_s", "steps_per_sec".
+  """
+  # ---- Distributed runtime (before anything touches the backend) ----
+  distributed.maybe_initialize(config)
+  pid, pcount = jax.process_index(), jax.process_count()
+  is_main = pid == 0
+
+  # ---- Workdir ----
+  workdir = pathlib.Path(workdir)
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_utils.save_config(config, workdir / "config.json")
+  tc = config.train
+  num_steps = int(tc.num_steps)
+  stop_at = num_steps if max_steps is None else min(num_steps, int(max_steps))
+
+  # ---- Mesh ----
+  mesh = shd.make_mesh(config.mesh)
+  rules = shd.logical_rules(config)
+  if tc.batch_size % pcount or tc.batch_size % shd.batch_divisor(mesh):
+    raise ValueError(
+        f"train.batch_size={tc.batch_size} must divide over {pcount} processes and the "
+        f"{shd.batch_divisor(mesh)} data x fsdp devices of mesh {dict(mesh.shape)}; change "
+        f"--config.train.batch_size or the mesh (e.g. --config.mesh.shape.data="
+        f"{math.gcd(tc.batch_size, mesh.size)} --config.mesh.shape.fsdp=1)")
+  log.info("Mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, pcount)
+
+  # ---- Task and input ----
+  task = tasks.get_task(config)
+  train_ds = task.make_dataset("train", pid, pcount)
+  data_iter = iter(train_ds)
+  # Shapes come from a throw-away iterator so `data_iter` keeps its exact position.
+  batch_spec = shd.global_batch_spec(next(iter(train_ds)), mesh)
+
+  # ---- Sharded init (shapes first; params are created already sharded) ----
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  abstract, shardings = abstract_state(task, batch_spec, mesh, rules)
+
+  # ---- Checkpoint: restore (state + data position) or fresh init ----
+  checkpointer = ckpt_lib.make_checkpointer(workdir, config)
+  writer = pbar = None
+  try:
+    start = checkpointer.latest_step()
+    if start is not None:
+      start, state = checkpointer.restore(abstract, data_iter)
+      log.info("Resumed from step %d in %s", start, checkpointer.directory)
+    else:
+      start = 0
+      state = create_sharded_state(task, batch_spec, mesh, rules, init_rng, shardings)
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
+    log.info("Parameters: %s", f"{n_params:,}")
+
+    # ---- Train step, compiled ahead of time (never retraced in the loop) ----
+    compiled, compile_s = None, 0.0
+    if start < stop_at:
+      compiled, compile_s = _compile_step(task, abstract, shardings, batch_spec, mesh, rules)
+      log.info("Compiled the train step in %.1fs", compile_s)
+
+    # ---- Loop ----
+    rng = shd.replicate(train_rng, mesh)
+    first_bad = shd.replicate(np.int32(-1), mesh)
+    if is_main:
+      writer = SummaryWriter(str(workdir / "tb"))
+      pbar = tqdm(total=stop_at, initial=start, disable=not progress, unit="step",
+                  dynamic_ncols=True)
+    schedule = None
+    if "optim" in config:
+      schedule = optim.make_schedule(config.optim, num_steps)
+    result: dict[str, Any] = {"step": start, "compile_s": compile_s}
+    t_log, step_log = time.perf_counter(), start
+    step, ran_out = start, False
+    for step in range(start + 1, stop_at + 1):
+      try:
+        host_batch = next(data_iter)
+      except StopIteration:
+        log.warning("Training data ran out at step %d; stopping", step - 1)
+        step, ran_out = step - 1, True
+        break
+      batch = shd.to_global_batch(host_batch, mesh)
+      state, metrics, first_bad = compiled(state, batch, rng, first_bad)
+      if pbar is not None:
+        pbar.update(1)
+
+      last = step == stop_at
+      log_now = (tc.log_every and step % tc.log_every == 0) or last
+      ckpt_now = (tc.ckpt_every and step % tc.ckpt_every == 0) or last
+      preempted = checkpointer.reached_preemption(step)
+      if log_now or ckpt_now or preempted:
+        _check_finite(first_bad, checkpointer)  # never checkpoint a diverged state
+
+      if log_now:
+        now = time.perf_counter()
+        steps_per_sec = (step - step_log) / max(now - t_log, 1e-9)
+        t_log, step_log = now, step
+        result.update(_to_host(metrics), step=step, steps_per_sec=steps_per_sec)
+        if writer is not None:
+          for k, v in result.items():
+            if k not in ("step", "compile_s", "steps_per_sec"):
+              writer.add_scalar(f"train/{k}", v, step)
+          writer.add_scalar("perf/steps_per_sec", steps_per_sec, step)
+          if schedule is not None:
+            writer.add_scalar("train/lr", float(schedule(step - 1)), step)
+          writer.flush()
+          _append_jsonl(workdir / METRICS_FILE, {"step": step, **{
+              k: v for k, v in result.items() if k not in ("step", "compile_s")}})
+        if pbar is not None:
+          pbar.set_postfix(loss=f"{result['loss']:.4g}", refresh=False)
+
+      if tc.sample_every and step % tc.sample_every == 0:
+        image = task.sample_images(state, batch)  # every process (may run jitted code)
+        if is_main and image is not None:
+          _save_png(image, workdir / "samples" / f"step_{step:06d}.png")
+
+      if ckpt_now or preempted:
+        checkpointer.save(step, state, data_iter, config)
+      if preempted:
+        log.warning("Preemption signalled: saved step %d and stopping", step)
+        break
+    if ran_out and step > start:
+      _check_finite(first_bad, checkpointer)
+      checkpointer.save(step, state, data_iter, config)
+    result["step"] = step
+  finally:
+    checkpointer.close()  # waits for async saves
+    if pbar is not None:
+      pbar.close()
+    if writer is not None:
+      writer.close()
+  return result
