@@ -19,7 +19,9 @@
 set -euo pipefail
 
 usage() {
-  sed -n '9,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  # The header comment (without #SBATCH lines) is the usage text.
+  awk 'NR == 1 || /^#SBATCH/ { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' \
+    "${BASH_SOURCE[0]}" >&2
   exit 2
 }
 

@@ -161,6 +161,51 @@ def test_streaming_resample_matches_indices(tmp_path):
   np.testing.assert_array_equal(streamed, video.frames)
 
 
+@pytest.mark.parametrize("src_fps,num_frames", [(24, 37), (12.5, 13), (29.97, 31)])
+def test_resample_indices_match_ffmpeg_fps_filter(tmp_path, src_fps, num_frames):
+  # Up- and down-sampling: the pure index function picks the frames ffmpeg's fps filter picks.
+  path = media.write_video(tmp_path / "r.mp4", _moving_square(num_frames), fps=src_fps)
+  src = media.read_video(path, fps=None, with_audio=False)
+  assert src.num_frames == num_frames and abs(src.fps - src_fps) < 0.01
+  video = media.read_video(path, fps=25, with_audio=False)
+  np.testing.assert_array_equal(video.frames, media.resample_frames(src.frames, src.fps, 25))
+
+
+def _write_vfr_clip(path):
+  """3 s variable-frame-rate mp4: 1 s red at 30 fps, then 2 s blue at 10 fps, 3 s of 440 Hz.
+
+  ffmpeg reports it as "17.44 fps, 30 tbr": the average rate is not the frame grid.
+  """
+  lavfi = ["-f", "lavfi", "-i"]
+  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+                  *lavfi, "color=c=red:size=64x48:rate=30:duration=1",
+                  *lavfi, "color=c=blue:size=64x48:rate=10:duration=2",
+                  *lavfi, f"sine=frequency=440:sample_rate={SR}:duration=3",
+                  "-filter_complex", "[0:v][1:v]concat=n=2:v=1:a=0[v]", "-map", "[v]",
+                  "-map", "2:a", "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                  "-c:a", "aac", str(path)], check=True)
+  return path
+
+
+def test_variable_frame_rate_keeps_duration_and_sync(tmp_path):
+  path = _write_vfr_clip(tmp_path / "vfr.mp4")
+  info = media.probe(path)
+  assert info.fps is not None and abs(info.fps - 50 / 3) < 1.5  # average rate: 50 frames / 3 s
+  assert info.tbr == 30.0 and info.frame_rate == 30.0
+  video = media.read_video(path, fps=25)
+  # Regression: frames used to be resampled as if they came at the average rate (129 frames).
+  assert abs(video.num_frames - info.duration * 25) <= 1 and video.src_fps == 30.0
+  assert abs(video.audio.shape[0] / 640 - video.num_frames) <= 1  # audio and video agree
+  # Frames sit at their timestamps: red for the first second, blue after it.
+  is_red = video.frames[:, 24, 32, 0].astype(int) > video.frames[:, 24, 32, 2]
+  assert is_red[:24].all() and not is_red[26:].any() and 24 <= is_red.sum() <= 26
+  streamed = np.stack(list(media.iter_video_frames(path, fps=25)))
+  np.testing.assert_array_equal(streamed, video.frames)
+  # fps=None: the frame grid ffmpeg uses (tbr), so 3 s at 30 fps.
+  native = media.read_video(path, fps=None, with_audio=False)
+  assert native.fps == 30.0 and abs(native.num_frames - 90) <= 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Images.
 

@@ -13,6 +13,7 @@ Every child has a hard timeout; all children of a round are killed when one fail
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import pathlib
@@ -305,6 +306,148 @@ def test_resume_training_with_a_different_process_count(toy_rounds):
     assert results[k].get("resume_error") is None, results[k]["resume_error"]
     assert results[k]["resume"]["step"] == NUM_STEPS
     assert np.isfinite(results[k]["resume"]["loss"])
+
+
+
+def test_only_maybe_initialize_starts_the_distributed_runtime():
+  """`jax.distributed.initialize` has one caller, and loading configs never reaches it."""
+  callers = []
+  for path in list((REPO / "vasa_jax").rglob("*.py")) + list((REPO / "configs").glob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):  # calls only, not docs or help texts
+      if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and
+          node.func.attr == "initialize" and ast.unparse(node.func.value).endswith(
+              "distributed")):
+        callers.append(f"{path.relative_to(REPO).as_posix()}:{node.lineno}")
+  assert len(callers) == 1 and callers[0].startswith("vasa_jax/train/distributed.py:"), callers
+  source = (REPO / "vasa_jax/train/distributed.py").read_text()
+  assert "def maybe_initialize" in source
+  import jax  # pylint: disable=import-outside-toplevel
+  from vasa_jax import config_utils  # pylint: disable=import-outside-toplevel
+  for spec in ("configs/toy.py", "configs/latent.py:base", "configs/motion.py:base"):
+    config = config_utils.load_config(spec, ["train.distributed=True"])
+    assert config.train.distributed
+  assert not jax.distributed.is_initialized()
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch scripts.
+# ---------------------------------------------------------------------------------------------
+SCRIPTS = ("tpu_pod.sh", "gpu_multinode.sh", "run_host.sh")
+
+# Stand-ins for the SLURM client tools: `scontrol show hostnames` prints this machine, `srun`
+# starts SLURM_NTASKS local copies of its command with the per-task variables srun sets.
+FAKE_SCONTROL = """#!/usr/bin/env bash
+[[ "$1 $2" == "show hostnames" ]] || { echo "fake scontrol: unexpected $*" >&2; exit 1; }
+echo 127.0.0.1
+"""
+FAKE_SRUN = """#!/usr/bin/env bash
+while [[ "$1" == --* ]]; do echo "$1" >> "$FAKE_SLURM_LOG/srun_options"; shift; done
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+  SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_STEP_NODELIST=$SLURM_JOB_NODELIST \\
+    SLURM_STEP_NUM_NODES=1 "$@" > "$FAKE_SLURM_LOG/task_$i.log" 2>&1 &
+  pids+=($!)
+done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+exit $rc
+"""
+# Records each gcloud call (one line of arguments, NUL-separated) and succeeds.
+FAKE_GCLOUD = """#!/usr/bin/env bash
+printf '%s\\0' "$@" >> "$FAKE_GCLOUD_LOG"
+printf '\\n' >> "$FAKE_GCLOUD_LOG"
+"""
+
+
+def _write_exe(path: pathlib.Path, text: str):
+  path.write_text(text)
+  path.chmod(0o755)
+
+
+def test_launch_scripts_parse_and_print_usage():
+  for name in SCRIPTS:
+    script = LAUNCH / name
+    assert script.read_text().startswith("#!/usr/bin/env bash"), name
+    assert "set -euo pipefail" in script.read_text(), name
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True,
+                           timeout=30)
+    assert "Usage:" in usage.stderr, (name, usage.stderr)
+    assert "set -euo" not in usage.stderr  # the usage text stops before the code
+
+
+def test_gpu_multinode_fails_fast_without_slurm(tmp_path):
+  env = _child_env(1)
+  proc = subprocess.run(["bash", str(LAUNCH / "gpu_multinode.sh"), "configs/toy.py",
+                         str(tmp_path / "run")], env=env, capture_output=True, text=True,
+                        timeout=30)
+  assert proc.returncode == 1
+  assert "SLURM_JOB_NODELIST SLURM_NTASKS not set" in proc.stderr
+  assert "sbatch" in proc.stderr
+  assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_tpu_pod_copies_installs_and_starts_the_same_command_on_every_worker(tmp_path):
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  _write_exe(bin_dir / "gcloud", FAKE_GCLOUD)
+  log = tmp_path / "gcloud.log"
+  env = dict(_child_env(1), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+             FAKE_GCLOUD_LOG=str(log), TPU_ZONE="us-central2-b")
+  cmd = ["bash", str(LAUNCH / "tpu_pod.sh"), "--name", "pod-1", "--project", "proj", "--",
+         "configs/latent.py:base", "gs://bucket/runs/latent", "--config.train.batch_size=64"]
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  calls = [line.split("\0") for line in log.read_text().split("\0\n") if line]
+  assert [c[:4] for c in calls] == [["compute", "tpus", "tpu-vm", "scp"]] + [
+      ["compute", "tpus", "tpu-vm", "ssh"]] * 3
+  for c in calls:
+    assert "--worker=all" in c and "pod-1" in " ".join(c)
+    assert c[c.index("--zone") + 1] == "us-central2-b" and c[c.index("--project") + 1] == "proj"
+  remote = [c[c.index("--command") + 1] for c in calls[1:]]
+  assert "tar -xzf" in remote[0] and "pip install" in remote[1] and "jax\\[tpu\\]" in remote[1]
+  assert remote[2] == ("cd vasa-jax && bash launch/run_host.sh configs/latent.py:base "
+                       "gs://bucket/runs/latent --config.train.batch_size=64 ")
+  # A non-shared workdir is refused before anything runs.
+  bad = subprocess.run(cmd[:-2] + ["/tmp/run"], env=env, capture_output=True, text=True,
+                       timeout=30)
+  assert bad.returncode == 1 and "must be a gs:// path" in bad.stderr
+
+
+@pytest.mark.slow
+def test_gpu_multinode_trains_two_processes_through_srun_and_run_host(tmp_path):
+  """sbatch-like run: gpu_multinode.sh -> (fake) srun -> run_host.sh x2 -> vasa-jax train.
+
+  Nothing here calls `jax.distributed.initialize` by hand: `--distributed` makes
+  `distributed.maybe_initialize` call it, and jax reads the coordinator from
+  JAX_COORDINATOR_ADDRESS and the process id/count from the SLURM task variables.
+  """
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  _write_exe(bin_dir / "scontrol", FAKE_SCONTROL)
+  _write_exe(bin_dir / "srun", FAKE_SRUN)
+  workdir, steps = tmp_path / "run", FIRST_STOP
+  env = dict(_child_env(1),
+             PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_SLURM_LOG=str(tmp_path),
+             SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node[001]", SLURM_NTASKS="2",
+             VASA_COORDINATOR_PORT=str(_free_port()), VASA_PYTHON=sys.executable,
+             VASA_VENV=str(pathlib.Path(sys.executable).parent.parent))
+  seconds = _run_round(
+      [["bash", str(LAUNCH / "gpu_multinode.sh"), "configs/toy.py", str(workdir)] +
+       [f"--config.{o}" for o in TOY_OVERRIDES] + [f"--config.train.num_steps={steps}"]],
+      [env], [tmp_path / "gpu_multinode.log"])
+  print(f"gpu_multinode.sh round: {seconds:.1f} s")
+  launcher_log = (tmp_path / "gpu_multinode.log").read_text()
+  assert "coordinator 127.0.0.1:" in launcher_log
+  assert "--kill-on-bad-exit=1" in (tmp_path / "srun_options").read_text()
+  for i in range(2):
+    task_log = (tmp_path / f"task_{i}.log").read_text()
+    assert f"process {i} of 2, coordinator 127.0.0.1:" in task_log, task_log[-2000:]
+  losses = _losses(workdir)
+  assert len(losses) == steps and losses[-1] < losses[0]
+  data_iter = workdir / "checkpoints" / str(steps) / "data_iter"
+  assert sorted(p.name for p in data_iter.glob("process_*")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
 
 
 if __name__ == "__main__":

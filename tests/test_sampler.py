@@ -8,7 +8,7 @@ import pytest
 
 from configs import motion as motion_config
 from vasa_jax.diffusion import sampler as S
-from vasa_jax.inference.streaming import MotionStream
+from vasa_jax.inference.streaming import MotionStream, make_stream
 
 W, K, DM, DA, E = 8, 3, 5, 6, 4
 
@@ -204,7 +204,7 @@ def test_streaming_raw_samples_equal_offline(tiny_model):
   offline = S.sample_sequence(window_fn, params, log_mel(samples), controls, rng,
                               window=c.model.window, context=c.model.context,
                               motion_dim=c.model.motion_dim, encode_fn=encode_fn)
-  stream = MotionStream(window_fn, params, encode_fn, controls, rng, **_stream_kwargs(c, model))
+  stream = make_stream(model, params, c, controls, rng, sample_window_fn=window_fn)
   cuts = [0, 1000, 1001, 7000, 11000, n]
   got = [stream.push(samples[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
   got.append(stream.flush())

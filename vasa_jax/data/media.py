@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fractions
 import logging
 import math
 import os
@@ -46,12 +47,21 @@ class MediaInfo:
   duration: float | None  # seconds, None when ffmpeg does not know
   has_video: bool
   has_audio: bool
-  fps: float | None  # source frame rate of the video stream
+  fps: float | None  # average frame rate of the video stream (ffmpeg's "fps"; falls back to tbr)
   width: int | None  # coded size, before any rotation
   height: int | None
   audio_sr: int | None
   audio_channels: int | None  # None when the layout is not one we know
   comment: str | None  # global `comment` metadata tag
+  # ffmpeg's "tbr" (r_frame_rate): the rate at which ffmpeg lays out frames of a variable-frame-
+  # rate stream (a 22.13 fps average phone clip is 30 tbr). Defaults keep old constructors valid.
+  tbr: float | None = None
+
+  @property
+  def frame_rate(self) -> float | None:
+    """The stream's nominal frame rate: tbr when plausible, else the average fps."""
+    rate = _nominal_rate(self.fps, self.tbr)
+    return None if rate is None else float(rate)
 
 
 def _ffmpeg() -> str:
@@ -76,15 +86,46 @@ def _check_exists(path, what: str) -> str:
   return path
 
 
+def _parse_unit_rate(line: str, unit: str) -> float | None:
+  """The number before `unit` ("fps" or "tbr") on a `Stream ... Video:` line, or None."""
+  m = re.search(r"([0-9]+(?:\.[0-9]+)?)(k?) " + unit + r"\b", line)
+  if not m:
+    return None
+  rate = float(m.group(1)) * (1000.0 if m.group(2) else 1.0)
+  return rate if rate > 0 else None
+
+
 def _parse_rate(line: str) -> float | None:
   """Frame rate from a `Stream ... Video:` line: prefer `fps`, fall back to `tbr`."""
-  for unit in ("fps", "tbr"):
-    m = re.search(r"([0-9]+(?:\.[0-9]+)?)(k?) " + unit, line)
-    if m:
-      rate = float(m.group(1)) * (1000.0 if m.group(2) else 1.0)
-      if rate > 0:
-        return rate
-  return None
+  return _parse_unit_rate(line, "fps") or _parse_unit_rate(line, "tbr")
+
+
+def _exact_rate(rate: float) -> fractions.Fraction:
+  """A printed frame rate as an exact fraction: 29.97 -> 30000/1001 (NTSC), 12.5 -> 25/2.
+
+  ffmpeg prints rates rounded to 2 decimals ("23.98"), so the NTSC family (23.976, 29.97,
+  59.94) is recovered from its 1001 denominator; anything else is taken at face value.
+  """
+  if rate <= 0 or not math.isfinite(rate):
+    raise ValueError(f"frame rates must be positive, got {rate}")
+  ntsc = round(rate * 1.001)
+  if abs(rate - ntsc) > 1e-6 and abs(rate * 1.001 - ntsc) < 6e-3:
+    return fractions.Fraction(ntsc * 1000, 1001)
+  return fractions.Fraction(rate).limit_denominator(1000)
+
+
+def _nominal_rate(avg_fps: float | None, tbr: float | None) -> fractions.Fraction | None:
+  """The rate ffmpeg's frame grid uses for a stream: tbr, unless it is a timebase artefact.
+
+  For variable-frame-rate files the average fps (e.g. 22.13) is not a rate any frame grid
+  has; tbr (e.g. 30) is, and it is what ffmpeg itself outputs for rawvideo. Some containers
+  (webm/mkv, flv) print a timebase such as "1k tbr" instead: then the average fps is used.
+  """
+  if tbr and tbr <= 240 and (not avg_fps or tbr <= 4 * avg_fps):
+    return _exact_rate(tbr)
+  if avg_fps:
+    return _exact_rate(avg_fps)
+  return _exact_rate(tbr) if tbr else None
 
 
 def probe(path) -> MediaInfo:
@@ -115,9 +156,10 @@ def probe(path) -> MediaInfo:
   # Cover art in audio files shows up as a video stream marked "(attached pic)".
   video = [l for l in lines if re.search(r"Stream #\S+.*: Video:", l) and "attached pic" not in l]
   audio = [l for l in lines if re.search(r"Stream #\S+.*: Audio:", l)]
-  fps = width = height = audio_sr = None
+  fps = tbr = width = height = audio_sr = None
   if video:
     fps = _parse_rate(video[0])
+    tbr = _parse_unit_rate(video[0], "tbr")
     m = re.search(r", (\d{2,5})x(\d{2,5})", video[0])
     if m:
       width, height = int(m.group(1)), int(m.group(2))
@@ -129,7 +171,7 @@ def probe(path) -> MediaInfo:
   return MediaInfo(path=path, duration=duration, has_video=bool(video), has_audio=bool(audio),
                    fps=fps, width=width, height=height, audio_sr=audio_sr,
                    audio_channels=audio_channels,
-                   comment=_parse_global_tag(lines, "comment"))
+                   comment=_parse_global_tag(lines, "comment"), tbr=tbr)
 
 
 _LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "downmix": 2, "2.1": 3, "3.0": 3, "3.0(back)": 3,
@@ -350,8 +392,9 @@ class Video:
 
   Attributes:
     frames: (T, H, W, 3) uint8 at `fps`.
-    fps: frame rate of `frames` (after resampling).
-    src_fps: frame rate of the file.
+    fps: frame rate of `frames` (after rate conversion).
+    src_fps: nominal frame rate of the file (ffmpeg's tbr; for a variable-frame-rate file this
+      is the frame grid, e.g. 30, not the average rate, e.g. 22.13).
     audio: (N,) float32 mono at 16 kHz, or None when the file has no audio stream.
     path: the file it came from.
   """
@@ -370,14 +413,21 @@ class Video:
     return self.num_frames / self.fps
 
 
-def _round_half_up(x):
-  return np.floor(np.asarray(x, np.float64) + 0.5).astype(np.int64)
+def _rate_ratio(src_fps: float, dst_fps: float) -> tuple[int, int]:
+  """dst / src as a reduced integer fraction (p, r), so frame grids are compared exactly."""
+  q = _exact_rate(float(dst_fps)) / _exact_rate(float(src_fps))
+  return q.numerator, q.denominator
 
 
 def resample_indices(num_frames: int, src_fps: float, dst_fps: float) -> np.ndarray:
-  """Source frame index for each output frame (nearest timestamp).
+  """Source frame index for each output frame, exactly as ffmpeg's `fps` filter picks them.
 
-  Output frame i sits at time i / dst_fps; it takes source frame round(i * src_fps / dst_fps).
+  `read_video(path, fps=...)` lets ffmpeg's `fps` filter convert the rate (it follows the real
+  timestamps, which matters for variable-frame-rate files); for a constant-rate source this
+  function gives the same frames. Source frame j sits on output slot round(j * dst / src)
+  (halves up); output frame i takes the last source frame on a slot <= i, i.e. the last one
+  before time (i + 0.5) / dst_fps. The output lasts as long as the source: round(T * dst / src)
+  frames, the last source frame repeated if needed. Rates such as 29.97 are read as 30000/1001.
 
   Args:
     num_frames: source length T.
@@ -387,15 +437,18 @@ def resample_indices(num_frames: int, src_fps: float, dst_fps: float) -> np.ndar
   Returns:
     (round(T * dst / src),) int64 indices into the source frames.
   """
-  if src_fps <= 0 or dst_fps <= 0:
+  if not (src_fps > 0 and dst_fps > 0):
     raise ValueError(f"frame rates must be positive, got {src_fps} -> {dst_fps}")
-  n_out = int(_round_half_up(num_frames * dst_fps / src_fps))
-  idx = _round_half_up(np.arange(n_out) * (src_fps / dst_fps))
-  return np.clip(idx, 0, max(num_frames - 1, 0))
+  p, r = _rate_ratio(src_fps, dst_fps)  # dst / src = p / r
+  n_out = (2 * int(num_frames) * p + r) // (2 * r)  # floor(T * p / r + 1/2)
+  i = np.arange(n_out, dtype=np.int64)
+  # Largest j with j * p / r < i + 1/2, i.e. ceil((2i + 1) r / 2p) - 1, in integers.
+  idx = -((-(2 * i + 1) * r) // (2 * p)) - 1
+  return np.clip(idx, 0, max(int(num_frames) - 1, 0))
 
 
 def resample_frames(frames: np.ndarray, src_fps: float, dst_fps: float) -> np.ndarray:
-  """Changes the frame rate by nearest-timestamp frame selection (no blending).
+  """Changes the frame rate by frame selection (no blending), like ffmpeg's `fps` filter.
 
   Args:
     frames: (T, ...) array.
@@ -403,7 +456,7 @@ def resample_frames(frames: np.ndarray, src_fps: float, dst_fps: float) -> np.nd
     dst_fps: wanted frame rate.
 
   Returns:
-    (round(T * dst_fps / src_fps), ...) array.
+    (round(T * dst_fps / src_fps), ...) array; see `resample_indices` for which frames.
   """
   frames = np.asarray(frames)
   if abs(src_fps - dst_fps) < 1e-6:
@@ -411,14 +464,23 @@ def resample_frames(frames: np.ndarray, src_fps: float, dst_fps: float) -> np.nd
   return frames[resample_indices(frames.shape[0], src_fps, dst_fps)]
 
 
-def _scale_filter(max_side: int | None) -> list[str]:
-  if not max_side:
-    return []
-  s = int(max_side)
-  # Keep the aspect ratio; -2 keeps that side even. Never upscale.
-  vf = (f"scale='if(gte(iw,ih),min(iw,{s}),-2)':'if(gte(iw,ih),-2,min(ih,{s}))'"
-        f":flags=area")
-  return ["-vf", vf]
+def _video_filters(rate: fractions.Fraction | None, max_side: int | None) -> list[str]:
+  """ffmpeg output options: `fps` (frame-rate conversion by timestamp), then downscaling.
+
+  The rate is converted by ffmpeg's `fps` filter rather than by counting decoded frames: in a
+  variable-frame-rate file (phone recordings, screen captures) frames are not evenly spaced, so
+  only their timestamps say which frame belongs at which output time. With an explicit rate the
+  rawvideo pipe also never depends on the rate ffmpeg would pick on its own.
+  """
+  filters = []
+  if rate is not None:
+    filters.append(f"fps={rate.numerator}/{rate.denominator}")
+  if max_side:
+    s = int(max_side)
+    # Keep the aspect ratio; -2 keeps that side even. Never upscale.
+    filters.append(f"scale='if(gte(iw,ih),min(iw,{s}),-2)':'if(gte(iw,ih),-2,min(ih,{s}))'"
+                   f":flags=area")
+  return ["-vf", ",".join(filters)] if filters else []
 
 
 class _DropSizeWarning(logging.Filter):
@@ -439,10 +501,11 @@ def _quiet_imageio_ffmpeg():
     logger.removeFilter(flt)
 
 
-def _raw_frames(path: str, max_side: int | None) -> Iterator[np.ndarray]:
-  """Yields read-only (H, W, 3) uint8 views at the source rate (rotation metadata applied)."""
+def _raw_frames(path: str, rate: fractions.Fraction | None,
+                max_side: int | None) -> Iterator[np.ndarray]:
+  """Yields read-only (H, W, 3) uint8 views at `rate` (rotation metadata applied)."""
   gen = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24", input_params=["-nostdin"],
-                                   output_params=_scale_filter(max_side))
+                                   output_params=_video_filters(rate, max_side))
   try:
     try:
       with _quiet_imageio_ffmpeg():
@@ -474,25 +537,14 @@ def _video_info(path) -> MediaInfo:
   return info
 
 
-def _resampled(frames: Iterator[np.ndarray], src_fps: float,
-               dst_fps: float | None) -> Iterator[np.ndarray]:
-  """Streaming version of `resample_frames`: same indices, bounded memory."""
-  if dst_fps is None or abs(src_fps - dst_fps) < 1e-6:
-    yield from frames
-    return
-  ratio = src_fps / dst_fps
-  i_out, last, n_src = 0, None, 0
-  for j, frame in enumerate(frames):
-    n_src, last = j + 1, frame
-    while int(_round_half_up(i_out * ratio)) == j:
-      yield frame
-      i_out += 1
-  # Output frames whose nearest source index lies past the end repeat the last frame, exactly
-  # like the index clipping in resample_indices.
-  n_out = int(_round_half_up(n_src * dst_fps / src_fps))
-  while i_out < n_out and last is not None:
-    yield last
-    i_out += 1
+def _decode_rates(info: MediaInfo, fps: float | None) -> tuple[float, fractions.Fraction | None]:
+  """(source rate, rate to ask ffmpeg for) for reading at `fps` (None: the source rate)."""
+  src = _nominal_rate(info.fps, info.tbr)
+  if fps:
+    return (float(src) if src else float(fps)), _exact_rate(float(fps))
+  if src is None:
+    return float(FPS), None  # no rate printed at all: take ffmpeg's frames as they come
+  return float(src), src
 
 
 def iter_video_frames(path, fps: float | None = None,
@@ -501,7 +553,8 @@ def iter_video_frames(path, fps: float | None = None,
 
   Args:
     path: a video file.
-    fps: output frame rate (nearest-timestamp selection); None keeps the source rate.
+    fps: output frame rate, converted by ffmpeg from the frame timestamps (so variable-frame-
+      rate files keep their real duration); None keeps the source rate (tbr, see `MediaInfo`).
     max_side: if set, downscale (never upscale) so the longer side is at most this.
 
   Yields:
@@ -511,8 +564,8 @@ def iter_video_frames(path, fps: float | None = None,
     VasaInputError: missing or unreadable file, or no video stream.
   """
   info = _video_info(path)
-  src_fps = info.fps or (fps or FPS)
-  for frame in _resampled(_raw_frames(info.path, max_side), src_fps, fps):
+  _, rate = _decode_rates(info, fps)
+  for frame in _raw_frames(info.path, rate, max_side):
     yield frame.copy()
 
 
@@ -522,7 +575,8 @@ def read_video(path, fps: float | None = float(FPS), with_audio: bool = True,
 
   Args:
     path: a video file (mp4/mov/webm/flv/avi/mkv/...).
-    fps: output frame rate; None keeps the source rate.
+    fps: output frame rate, converted by ffmpeg from the frame timestamps (so variable-frame-
+      rate files keep their real duration and audio sync); None keeps the source rate (tbr).
     with_audio: also decode the first audio stream (audio is None when the file has none).
     max_side: if set, downscale (never upscale) so the longer side is at most this; saves memory
       on 1080p sources (a 10 s 1080x1920 clip is 1.5 GB of frames at full size).
@@ -534,12 +588,12 @@ def read_video(path, fps: float | None = float(FPS), with_audio: bool = True,
     VasaInputError: missing or unreadable file, no video stream, or zero decoded frames.
   """
   info = _video_info(path)
-  src_fps = info.fps or (fps or FPS)
-  out_fps = float(fps) if fps else float(src_fps)
+  src_fps, rate = _decode_rates(info, fps)
+  out_fps = float(fps) if fps else src_fps
   # Preallocate from the container duration so frames are copied once; grow if it was short.
   buf = None
   n = 0
-  for frame in _resampled(_raw_frames(info.path, max_side), src_fps, fps):
+  for frame in _raw_frames(info.path, rate, max_side):
     if buf is None:
       est = int(math.ceil((info.duration or 1.0) * out_fps)) + 2
       buf = np.empty((max(est, 1),) + frame.shape, np.uint8)

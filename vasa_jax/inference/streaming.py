@@ -174,3 +174,33 @@ class MotionStream:
       self._feats = self._feats[drop:]
       self._feat_start += drop
     return np.asarray(motion[0, :end - start])
+
+
+def make_stream(model, params, config, controls: dict, rng: jax.Array, *,
+                steps: int | None = None, sampler: str | None = None,
+                sample_window_fn: Callable | None = None) -> MotionStream:
+  """A `MotionStream` for a `MotionModel` and its config (guidance scales from the config).
+
+  Args:
+    model: `vasa_jax.models.motion_dit.MotionModel` (e.g. `build_motion_model(config)`).
+    params: its parameters (unboxed).
+    config: the run's `configs/motion.py` config.
+    controls: from `sampler.make_controls`.
+    rng: the sequence seed.
+    steps, sampler: override config.diffusion.sample_steps / sampler.
+    sample_window_fn: reuse an existing jitted window sampler (avoids a recompile).
+
+  Returns:
+    The stream.
+  """
+  from vasa_jax.models.motion_dit import make_apply_fns  # pylint: disable=import-outside-toplevel
+
+  denoise_fn, encode_fn = make_apply_fns(model)
+  window_fn = sample_window_fn or sampler_lib.make_sample_window(denoise_fn, config, steps=steps,
+                                                                 sampler=sampler)
+  m = config.model
+  return MotionStream(window_fn, params, jax.jit(encode_fn), controls, rng, window=m.window,
+                      context=m.context, motion_dim=m.motion_dim, audio_dim=m.audio_width,
+                      receptive_past=model.audio_encoder.receptive_past,
+                      lookahead=model.audio_encoder.lookahead,
+                      cfg_audio=config.diffusion.cfg_audio, cfg_gaze=config.diffusion.cfg_gaze)

@@ -226,3 +226,232 @@ class AudioEncoder(nn.Module):
       x = x + Mlp(self.width, self.mlp_ratio, name=f"mlp_{i}", **kw)(h)
       x = nn.with_logical_constraint(x, ("batch", "time", "embed"))
     return layer_norm(name="out_norm", **kw)(x)
+
+
+# --------------------------------------------------------------------------- wav2vec2 (optional)
+
+
+class Wav2Vec2Config:
+  """The fields of a Hugging Face `Wav2Vec2Config` (config.json) the architecture needs."""
+
+  def __init__(self, **kw):
+    self.conv_dim = tuple(kw.get("conv_dim", (512,) * 7))
+    self.conv_kernel = tuple(kw.get("conv_kernel", (10, 3, 3, 3, 3, 2, 2)))
+    self.conv_stride = tuple(kw.get("conv_stride", (5, 2, 2, 2, 2, 2, 2)))
+    self.conv_bias = bool(kw.get("conv_bias", False))
+    self.feat_extract_norm = kw.get("feat_extract_norm", "group")
+    self.hidden_size = int(kw.get("hidden_size", 768))
+    self.num_hidden_layers = int(kw.get("num_hidden_layers", 12))
+    self.num_attention_heads = int(kw.get("num_attention_heads", 12))
+    self.intermediate_size = int(kw.get("intermediate_size", 3072))
+    self.num_conv_pos_embeddings = int(kw.get("num_conv_pos_embeddings", 128))
+    self.num_conv_pos_embedding_groups = int(kw.get("num_conv_pos_embedding_groups", 16))
+    self.layer_norm_eps = float(kw.get("layer_norm_eps", 1e-5))
+    self.do_stable_layer_norm = bool(kw.get("do_stable_layer_norm", False))
+    act = kw.get("hidden_act", "gelu")
+    if act != "gelu" or kw.get("feat_extract_activation", "gelu") != "gelu":
+      raise VasaInputError(f"wav2vec2 checkpoint uses activation {act!r}; only 'gelu' is "
+                           "supported (config.json hidden_act / feat_extract_activation)")
+    if self.feat_extract_norm not in ("group", "layer"):
+      raise VasaInputError(f"Unknown feat_extract_norm {self.feat_extract_norm!r} in config.json")
+
+  @classmethod
+  def from_dir(cls, path: str | os.PathLike) -> "Wav2Vec2Config":
+    f = pathlib.Path(path) / "config.json"
+    if not f.is_file():
+      raise VasaInputError(f"{f} not found: config.model.wav2vec2_path must be a local Hugging "
+                           "Face wav2vec2 directory (config.json + pytorch_model.bin or "
+                           "model.safetensors); nothing is downloaded.")
+    return cls(**json.loads(f.read_text()))
+
+
+def _gelu(x):
+  return nn.gelu(x, approximate=False)  # torch's exact GELU
+
+
+class _W2VFeatureEncoder(nn.Module):
+  cfg: Wav2Vec2Config
+
+  @nn.compact
+  def __call__(self, wav):  # (B, N) -> (B, N', C)
+    c = self.cfg
+    x = wav[..., None]
+    for i, (dim, k, s) in enumerate(zip(c.conv_dim, c.conv_kernel, c.conv_stride)):
+      x = nn.Conv(dim, (k,), strides=(s,), padding="VALID", use_bias=c.conv_bias,
+                  name=f"conv_{i}")(x)
+      if c.feat_extract_norm == "group" and i == 0:
+        x = nn.GroupNorm(num_groups=dim, epsilon=1e-5, name=f"norm_{i}")(x)
+      elif c.feat_extract_norm == "layer":
+        x = nn.LayerNorm(epsilon=1e-5, name=f"norm_{i}")(x)
+      x = _gelu(x)
+    return x
+
+
+class _W2VLayer(nn.Module):
+  cfg: Wav2Vec2Config
+
+  @nn.compact
+  def __call__(self, x):  # (B, N, D)
+    c = self.cfg
+    d, h = c.hidden_size, c.num_attention_heads
+    ln = lambda name: nn.LayerNorm(epsilon=c.layer_norm_eps, name=name)  # noqa: E731
+
+    def attention(y):
+      q = nn.Dense(d, name="q_proj")(y) * (d // h) ** -0.5
+      k = nn.Dense(d, name="k_proj")(y)
+      v = nn.Dense(d, name="v_proj")(y)
+      split = lambda z: z.reshape(z.shape[:2] + (h, d // h))  # noqa: E731
+      probs = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", split(q), split(k)), axis=-1)
+      out = jnp.einsum("bhqk,bkhd->bqhd", probs, split(v)).reshape(y.shape)
+      return nn.Dense(d, name="out_proj")(out)
+
+    def feed_forward(y):
+      y = _gelu(nn.Dense(c.intermediate_size, name="intermediate_dense")(y))
+      return nn.Dense(d, name="output_dense")(y)
+
+    if c.do_stable_layer_norm:  # pre-LN (large "lv60" checkpoints)
+      x = x + attention(ln("layer_norm")(x))
+      return x + feed_forward(ln("final_layer_norm")(x))
+    x = ln("layer_norm")(x + attention(x))  # post-LN (base)
+    return ln("final_layer_norm")(x + feed_forward(x))
+
+
+class Wav2Vec2Model(nn.Module):
+  """Linen port of Hugging Face `Wav2Vec2Model` (inference, no masking / dropout).
+
+  Parameter names follow the torch module names so `convert_wav2vec2_state_dict` is mechanical.
+  `__call__(wav (B, N) 16 kHz) -> last_hidden_state (B, N', D)` at 50 Hz.
+  """
+  cfg: Wav2Vec2Config
+
+  @nn.compact
+  def __call__(self, wav: jax.Array) -> jax.Array:
+    c = self.cfg
+    x = _W2VFeatureEncoder(c, name="feature_extractor")(wav.astype(jnp.float32))
+    x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="feature_projection_norm")(x)
+    x = nn.Dense(c.hidden_size, name="feature_projection")(x)
+    k = c.num_conv_pos_embeddings
+    pos = nn.Conv(c.hidden_size, (k,), padding=[(k // 2, k // 2)],
+                  feature_group_count=c.num_conv_pos_embedding_groups, name="pos_conv")(x)
+    if k % 2 == 0:
+      pos = pos[:, :-1]  # Wav2Vec2SamePadLayer
+    x = x + _gelu(pos)
+    if not c.do_stable_layer_norm:
+      x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="encoder_layer_norm")(x)
+    for i in range(c.num_hidden_layers):
+      x = _W2VLayer(c, name=f"layers_{i}")(x)
+    if c.do_stable_layer_norm:
+      x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="encoder_layer_norm")(x)
+    return x
+
+
+def convert_wav2vec2_state_dict(state: dict[str, np.ndarray], cfg: Wav2Vec2Config) -> dict:
+  """Maps a torch `Wav2Vec2Model` state dict (numpy arrays) to `Wav2Vec2Model` params.
+
+  Args:
+    state: name -> array, with or without the "wav2vec2." prefix of CTC / pretraining heads.
+    cfg: the checkpoint's config.
+
+  Returns:
+    The linen params dict.
+  """
+  state = {k.removeprefix("wav2vec2."): np.asarray(v, np.float32) for k, v in state.items()}
+
+  def get(name):
+    if name not in state:
+      raise VasaInputError(f"wav2vec2 checkpoint lacks {name!r}; is it a Wav2Vec2Model?")
+    return state[name]
+
+  def linear(prefix):
+    return {"kernel": get(prefix + ".weight").T, "bias": get(prefix + ".bias")}
+
+  def norm(prefix):
+    return {"scale": get(prefix + ".weight"), "bias": get(prefix + ".bias")}
+
+  fe = {}
+  for i in range(len(cfg.conv_dim)):
+    p = f"feature_extractor.conv_layers.{i}"
+    conv = {"kernel": get(p + ".conv.weight").transpose(2, 1, 0)}
+    if cfg.conv_bias:
+      conv["bias"] = get(p + ".conv.bias")
+    fe[f"conv_{i}"] = conv
+    if (cfg.feat_extract_norm == "group" and i == 0) or cfg.feat_extract_norm == "layer":
+      fe[f"norm_{i}"] = norm(p + ".layer_norm")
+  pc = "encoder.pos_conv_embed.conv"
+  if pc + ".weight_g" in state:
+    g, v = get(pc + ".weight_g"), get(pc + ".weight_v")
+  elif pc + ".parametrizations.weight.original0" in state:
+    g = get(pc + ".parametrizations.weight.original0")
+    v = get(pc + ".parametrizations.weight.original1")
+  else:
+    g, v = None, get(pc + ".weight")
+  # torch weight_norm(dim=2): w = g * v / ||v|| with the norm over every axis but the kernel one.
+  w = v if g is None else v * (g / np.sqrt((v ** 2).sum(axis=(0, 1), keepdims=True)))
+  params = {
+      "feature_extractor": fe,
+      "feature_projection_norm": norm("feature_projection.layer_norm"),
+      "feature_projection": linear("feature_projection.projection"),
+      "pos_conv": {"kernel": w.transpose(2, 1, 0), "bias": get(pc + ".bias")},
+      "encoder_layer_norm": norm("encoder.layer_norm"),
+  }
+  for i in range(cfg.num_hidden_layers):
+    p = f"encoder.layers.{i}"
+    params[f"layers_{i}"] = {
+        "q_proj": linear(p + ".attention.q_proj"), "k_proj": linear(p + ".attention.k_proj"),
+        "v_proj": linear(p + ".attention.v_proj"), "out_proj": linear(p + ".attention.out_proj"),
+        "layer_norm": norm(p + ".layer_norm"),
+        "intermediate_dense": linear(p + ".feed_forward.intermediate_dense"),
+        "output_dense": linear(p + ".feed_forward.output_dense"),
+        "final_layer_norm": norm(p + ".final_layer_norm"),
+    }
+  return jax.tree.map(jnp.asarray, params)
+
+
+def _read_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:
+  st = path / "model.safetensors"
+  if st.is_file():
+    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+    return load_file(str(st))
+  pt = path / "pytorch_model.bin"
+  if pt.is_file():
+    import torch  # pylint: disable=import-outside-toplevel
+    sd = torch.load(str(pt), map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in sd.items()}
+  raise VasaInputError(f"No model.safetensors or pytorch_model.bin in {path} "
+                       "(config.model.wav2vec2_path must be a local Hugging Face checkpoint)")
+
+
+def load_wav2vec2(path: str | os.PathLike) -> tuple[Wav2Vec2Model, dict]:
+  """Loads a local Hugging Face wav2vec2 directory (never downloads).
+
+  Args:
+    path: directory with config.json and model.safetensors (needs `safetensors`) or
+      pytorch_model.bin (needs `torch`).
+
+  Returns:
+    (Wav2Vec2Model, params).
+  """
+  path = pathlib.Path(path)
+  cfg = Wav2Vec2Config.from_dir(path)
+  return Wav2Vec2Model(cfg), convert_wav2vec2_state_dict(_read_state_dict(path), cfg)
+
+
+def wav2vec2_features(model: Wav2Vec2Model, params, wav: jax.Array, num_frames: int,
+                      normalize: bool = True) -> jax.Array:
+  """wav2vec2 hidden states resampled from 50 Hz to 25 fps video frames.
+
+  Args:
+    model, params: from `load_wav2vec2`.
+    wav: (B, N) float32 16 kHz audio.
+    num_frames: T video frames (usually ceil(N / 640)).
+    normalize: zero-mean unit-variance per utterance, as the Hugging Face feature extractor does
+      for base checkpoints (`do_normalize`).
+
+  Returns:
+    (B, T, D) features (linear interpolation of the 50 Hz states; half-frame centres aligned).
+  """
+  wav = jnp.asarray(wav, jnp.float32)
+  if normalize:
+    wav = (wav - wav.mean(-1, keepdims=True)) / jnp.sqrt(wav.var(-1, keepdims=True) + 1e-7)
+  h = model.apply({"params": params}, wav)  # (B, N', D)
+  return jax.image.resize(h, (h.shape[0], num_frames, h.shape[2]), "linear")

@@ -114,7 +114,7 @@ class MotionTask:
     ema = optim.ema_update(state.ema_params, params, self.config.optim.ema_decay)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema)
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **parts}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
 
   def eval_step(self, state: TrainState, batch):
     """Validation losses at random t with a fixed key and no condition dropout (EMA if any)."""
