@@ -15,8 +15,11 @@
 #   --detach           run training under nohup (log: ~/vasa-train.log on each worker)
 #   --remote-dir DIR   code directory on the workers    (VASA_REMOTE_DIR, default: vasa-jax)
 #   --jax-spec SPEC    pip requirement for jax on TPU   (VASA_JAX_SPEC, default: jax[tpu])
+#   --shared-path      WORKDIR is a local path that every worker shares (an NFS/Filestore or
+#                      gcsfuse mount at the same place on all workers) instead of gs://
 #   -h, --help         this message
-# WORKDIR must be a gs:// path (every worker writes its checkpoint shards there).
+# WORKDIR must be shared by all workers (each writes its own checkpoint shards into it): a gs://
+# path, or a shared mount with --shared-path.
 set -euo pipefail
 
 usage() {
@@ -38,6 +41,7 @@ JAX_SPEC=${VASA_JAX_SPEC:-jax[tpu]}
 COPY=1
 INSTALL=1
 DETACH=0
+SHARED_PATH=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name) NAME=${2:?--name needs a value}; shift 2 ;;
@@ -48,6 +52,7 @@ while [[ $# -gt 0 ]]; do
     --skip-copy) COPY=0; INSTALL=0; shift ;;
     --skip-install) INSTALL=0; shift ;;
     --detach) DETACH=1; shift ;;
+    --shared-path) SHARED_PATH=1; shift ;;
     -h|--help) usage 0 ;;
     --) shift; break ;;
     *) break ;;
@@ -62,7 +67,10 @@ WORKDIR=$2
 shift 2
 [[ -n "$NAME" ]] || die "no TPU name: pass --name NAME or set TPU_NAME"
 [[ -n "$ZONE" ]] || die "no zone: pass --zone ZONE or set TPU_ZONE"
-[[ "$WORKDIR" == gs://* ]] || die "WORKDIR '$WORKDIR' must be a gs:// path shared by all workers"
+if [[ "$WORKDIR" != gs://* ]] && (( ! SHARED_PATH )); then
+  die "WORKDIR '$WORKDIR' must be a gs:// path shared by all workers (or a shared mount," \
+    "with --shared-path)"
+fi
 command -v gcloud >/dev/null 2>&1 || die "gcloud not found; install the Google Cloud SDK"
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

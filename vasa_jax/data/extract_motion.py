@@ -37,7 +37,12 @@ def load_face_model(latent_checkpoint: str | os.PathLike):
   if config is None or config.get("stage") != "latent":
     raise VasaInputError(f"{latent_checkpoint} is not a stage 1 (latent) checkpoint; pass the "
                          "workdir of `vasa-jax train --config configs/latent.py:...`.")
-  return config, FaceModel(config.model), params
+  return config, FaceModel(config.model), generator_params(params)
+
+
+def generator_params(params):
+  """The FaceModel parameters of a stage 1 run (its state also holds the discriminator's)."""
+  return params["gen"] if "gen" in params else params
 
 
 def make_motion_encoder(model, params, batch: int):

@@ -33,9 +33,9 @@ VIDEO_EXTS = (".mp4", ".mov", ".mpg", ".avi", ".webm", ".flv", ".mkv")
 MIN_SECONDS = 1.0
 # A clip counts as speech when more than this share of its 40 ms frames is voiced and at least
 # MIN_DIP_SHARE of them are pauses (see `voice_activity`). The shared talking clips measure
-# 0.5-1.0 voiced and 0.24-0.75 pauses; silent clips 0-0.01 voiced; music-only clips 0.99 voiced
+# 0.3-1.0 voiced and 0.24-0.75 pauses; silent clips 0-0.01 voiced; music-only clips 0.99 voiced
 # but <= 0.18 pauses.
-SPEECH_SHARE_THRESHOLD = 0.3
+SPEECH_SHARE_THRESHOLD = 0.2
 MIN_DIP_SHARE = 0.2
 # Below this share of frames with a detected face, the crop is mostly interpolated: skip the clip.
 MIN_DETECTED_SHARE = 0.5

@@ -42,6 +42,8 @@ def export_pipeline(latent_workdir, motion_workdir, out, *, dtype: str = "bfloat
     if cfg is None or cfg.get("stage") != want:
       raise CheckpointError(f"{name} is not a {want} run (its config says stage "
                             f"{None if cfg is None else cfg.get('stage')!r}).")
+  from vasa_jax.data.extract_motion import generator_params
+  latent_params = generator_params(latent_params)  # the discriminator is not needed to generate
   stats = motion_stats_for(motion_config)
   out = pipeline.save_pipeline(out, latent_config, latent_params, motion_config, motion_params,
                                stats, dtype=dtype)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -81,23 +81,49 @@ class Mlp(nn.Module):
     return dense(self.width, ("mlp", "embed"), name="fc2", **kw)(h)
 
 
+class _HeadsDense(nn.Module):
+  """A dense map with a multi-axis kernel created at its final shape.
+
+  nn.DenseGeneral builds its kernel flat and then reshapes the logically partitioned box; under
+  an active mesh that applies the 3-axis sharding constraint to the flat 2D array and fails, so
+  the kernel here is created directly with its (in..., out...) shape.
+  """
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  kernel_axes: tuple[str, ...]
+  bias_axes: tuple[str, ...]
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n_in, n_out = len(self.in_shape), len(self.out_shape)
+    init = nn.initializers.lecun_normal(in_axis=tuple(range(n_in)),
+                                        out_axis=tuple(range(n_in, n_in + n_out)))
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, self.kernel_axes),
+                        self.in_shape + self.out_shape, self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                           self.bias_axes),
+                      self.out_shape, self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - n_in, x.ndim))),
+                                         tuple(range(n_in))), ((), ())))
+    return y + bias
+
+
 def qkv_projection(heads: int, head_dim: int, name: str, dtype: Dtype,
-                   param_dtype: Dtype) -> nn.DenseGeneral:
-  """(B, T, D) -> (B, T, H, Dh), kernel named (embed, heads, kv)."""
-  return nn.DenseGeneral(
-      (heads, head_dim), dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                               ("embed", "heads", "kv")),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads", "kv")))
+                   param_dtype: Dtype, in_features: int | None = None):
+  """(B, T, D) -> (B, T, H, Dh), kernel named (embed, heads, kv); D = heads * head_dim."""
+  d = in_features or heads * head_dim
+  return _HeadsDense((d,), (heads, head_dim), ("embed", "heads", "kv"), ("heads", "kv"),
+                     dtype=dtype, param_dtype=param_dtype, name=name)
 
 
-def out_projection(width: int, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.DenseGeneral:
+def out_projection(width: int, name: str, dtype: Dtype, param_dtype: Dtype, heads: int,
+                   head_dim: int):
   """(B, T, H, Dh) -> (B, T, D), kernel named (heads, kv, embed)."""
-  return nn.DenseGeneral(
-      width, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                               ("heads", "kv", "embed")),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))
+  return _HeadsDense((heads, head_dim), (width,), ("heads", "kv", "embed"), ("embed",),
+                     dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class BandedSelfAttention(nn.Module):
@@ -141,7 +167,7 @@ class BandedSelfAttention(nn.Module):
     logits = jnp.where(valid, logits, -1e30)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bthj,btjhd->bthd", probs, v_band)  # (B, T, H, Dh)
-    return out_projection(self.width, "out", **kw)(out)
+    return out_projection(self.width, "out", heads=self.heads, head_dim=dh, **kw)(out)
 
 
 class AudioEncoder(nn.Module):
@@ -189,7 +215,8 @@ class AudioEncoder(nn.Module):
     """
     if self.receptive_past < 0:
       raise ValueError(f"lookahead {self.lookahead} exceeds the causal receptive field "
-                       f"{self.receptive_past + self.lookahead}; lower config.model.audio_lookahead")
+                       f"{self.receptive_past + self.lookahead}; lower "
+                       "config.model.audio_lookahead")
     b, t = feats.shape[:2]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = (feats.astype(jnp.float32) - MEL_MEAN) / MEL_STD

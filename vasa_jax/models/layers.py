@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 Dtype = Any
 
-_DEFAULT_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+_DEFAULT_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
 
 
 def conv_kernel_names(ndim: int) -> tuple[str, ...]:

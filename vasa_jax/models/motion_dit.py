@@ -69,7 +69,7 @@ class SelfAttention(nn.Module):
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(dh).astype(q.dtype)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    return out_projection(self.width, "out", **kw)(out)
+    return out_projection(self.width, "out", heads=self.heads, head_dim=dh, **kw)(out)
 
 
 class DiTBlock(nn.Module):

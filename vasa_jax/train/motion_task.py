@@ -42,7 +42,8 @@ def drop_conditions(rng: jax.Array, batch: dict, diffusion_cfg, window: int) -> 
   has_audio = audio[:, None] & ~(truncate[:, None] & (frame >= window - cut[:, None]))
   return {
       "has_audio": has_audio,
-      "has_prev": jnp.asarray(batch["has_prev"], bool) & keep(keys[3], diffusion_cfg.p_drop_context),
+      "has_prev": (jnp.asarray(batch["has_prev"], bool)
+                   & keep(keys[3], diffusion_cfg.p_drop_context)),
       "has_gaze": keep(keys[4], diffusion_cfg.p_drop_gaze),
       "has_distance": keep(keys[5], diffusion_cfg.p_drop_distance),
       "has_emotion": jnp.asarray(batch["emotion_mask"], bool)
@@ -63,7 +64,8 @@ def full_masks(batch: dict, window: int) -> dict:
   """Masks with nothing dropped beyond what the data lacks (for evaluation)."""
   b = batch["has_prev"].shape[0]
   ones = jnp.ones((b,), bool)
-  return {"has_audio": jnp.ones((b, window), bool), "has_prev": jnp.asarray(batch["has_prev"], bool),
+  return {"has_audio": jnp.ones((b, window), bool),
+          "has_prev": jnp.asarray(batch["has_prev"], bool),
           "has_gaze": ones, "has_distance": ones,
           "has_emotion": jnp.asarray(batch["emotion_mask"], bool)}
 
