@@ -4,9 +4,10 @@ The 8 virtual CPU devices stand in for a pod slice: a sharding mistake (a logica
 rule, a constraint of the wrong rank, a dimension that does not divide over its mesh axes)
 fails here, at trace/lower/compile time, without the hardware and without allocating the
 state. Measured on the 2-core dev machine (shared, so +-2x):
-  lower   motion base ~3 s, latent base ~12 s (fast tests)
-  compile motion tiny ~19 s (fast), motion base ~70 s, latent base ~6 min (slow tests;
-          latent base needs ~30 GB of XLA:CPU temp buffers per device for 2 examples/device).
+  lower   motion base 2-4 s, latent base 9-14 s (fast tests)
+  compile motion tiny 13-19 s (fast), motion base 22-70 s, latent base 4-6 min (slow tests;
+          XLA:CPU plans ~28 GB of temp buffers per device for latent base at 2 examples/device,
+          ~0.6 GB for motion base at 8).
 """
 from __future__ import annotations
 

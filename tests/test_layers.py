@@ -76,8 +76,8 @@ def test_conv3d_via_2d_matches_lax_conv3d():
                                      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
   np.testing.assert_allclose(layers.conv3d_via_2d(x, k), ref, rtol=1e-4, atol=1e-4)
   k1 = jax.random.normal(jax.random.key(2), (1, 1, 1, 3, 5))
-  np.testing.assert_allclose(layers.conv3d_via_2d(x, k1), jnp.einsum("bdhwi,io->bdhwo", x, k1[0, 0, 0]),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(layers.conv3d_via_2d(x, k1),
+                             jnp.einsum("bdhwi,io->bdhwo", x, k1[0, 0, 0]), rtol=1e-4, atol=1e-4)
 
 
 def test_space_to_depth_roundtrip_and_sampling():

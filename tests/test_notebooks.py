@@ -7,6 +7,7 @@ ipywidgets is optional: the demo notebook must run whether or not it is installe
 from __future__ import annotations
 
 import base64
+import os
 import pathlib
 import re
 import time
@@ -26,7 +27,7 @@ def _execute(name: str, tmp_path: pathlib.Path, monkeypatch, cell_timeout: int):
   monkeypatch.setenv("VASA_NOTEBOOK_WORKDIR", str(tmp_path / "work"))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                 __import__("os").environ.get("XLA_FLAGS", ""))
+                 os.environ.get("XLA_FLAGS", ""))
   monkeypatch.setenv("XLA_FLAGS", f"{flags} --xla_force_host_platform_device_count=1".strip())
   monkeypatch.setenv("PYTHONPATH", str(REPO))
   nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)

@@ -91,11 +91,19 @@ class Checkpointer:
       raise CheckpointError(f"No checkpoint to restore in {self.directory}")
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
-      if not (self.directory / str(step) / "data_iter").is_dir():
+      iter_dir = self.directory / str(step) / "data_iter"
+      if not iter_dir.is_dir():
         raise CheckpointError(
             f"Checkpoint {self.directory / str(step)} has no data iterator state; delete it or "
             "start a new --workdir")
-      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+      mine = iter_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+      if mine.is_file():
+        items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+      else:
+        # Saved with another number of processes: the model state carries over, but grain's
+        # per-process positions do not map onto the new split, so the data order restarts.
+        logging.warning("No data iterator state for %d processes in %s; the data order "
+                        "restarts from the beginning.", jax.process_count(), iter_dir)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return step, restored["state"]
 

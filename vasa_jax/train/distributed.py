@@ -40,10 +40,23 @@ def maybe_initialize(config=None) -> bool:
     return False
   if jax.distributed.is_initialized():
     return True
-  jax.distributed.initialize()
+  jax.distributed.initialize(**_explicit_cluster_args())
   logging.info("jax.distributed initialized: process %d of %d, %d global devices",
                jax.process_index(), jax.process_count(), jax.device_count())
   return True
+
+
+def _explicit_cluster_args() -> dict:
+  """Coordinator/process settings from VASA_* variables (plain ssh launches); empty otherwise,
+  so jax's own cluster detection (TPU pods, SLURM, Open MPI) applies."""
+  kw = {}
+  if os.environ.get("VASA_COORDINATOR"):
+    kw["coordinator_address"] = os.environ["VASA_COORDINATOR"]
+  if os.environ.get("VASA_NUM_PROCESSES"):
+    kw["num_processes"] = int(os.environ["VASA_NUM_PROCESSES"])
+  if os.environ.get("VASA_PROCESS_ID"):
+    kw["process_id"] = int(os.environ["VASA_PROCESS_ID"])
+  return kw
 
 
 def is_main_process() -> bool:

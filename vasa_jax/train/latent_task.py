@@ -219,7 +219,7 @@ class LatentTask:
     (_, (metrics, fakes)), g_grads = grad_fn(params["gen"], params["disc"], imgs, gan_on)
     g_updates, g_opt = self.gen_tx.update(g_grads, opt["gen"], params["gen"])
     gen = optax.apply_updates(params["gen"], g_updates)
-    metrics["g_grad_norm"] = optax.global_norm(g_grads)
+    metrics["g_grad_norm"] = optax.tree.norm(g_grads)
 
     disc, d_opt = params["disc"], opt["disc"]
     if self.use_gan:
@@ -230,7 +230,7 @@ class LatentTask:
       on = gan_on > 0
       disc, d_opt = _where_tree(on, disc_new, disc), _where_tree(on, d_opt_new, d_opt)
       metrics["d_loss"] = d_loss * gan_on
-    metrics["gan_on"] = gan_on
+      metrics["gan_on"] = gan_on
 
     new_params = {"gen": gen, "disc": disc}
     ema = state.ema_params

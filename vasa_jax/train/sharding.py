@@ -152,3 +152,11 @@ def replicate(value, mesh: Mesh) -> jax.Array:
   """A host value (identical on every process) as a fully replicated global array."""
   value = np.asarray(value)
   return jax.make_array_from_callback(value.shape, replicated(mesh), lambda idx: value[idx])
+
+
+def to_host(x) -> np.ndarray:
+  """An array (possibly sharded over several processes) -> numpy on this host."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))

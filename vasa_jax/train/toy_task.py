@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vasa_jax.train import optim
+from vasa_jax.train import optim, sharding
 from vasa_jax.train.state import TrainState
 
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_000}
@@ -100,8 +100,8 @@ class ToyTask:
 
   def sample_images(self, state: TrainState, batch) -> np.ndarray:
     """Rows of predictions over targets for 8 examples, as a grey-scale uint8 (H, W, 3) image."""
-    pred = np.asarray(self._predict(state.params, batch["x"]))[:8]  # (8, Dout)
-    y = np.asarray(batch["y"])[:8]
+    pred = sharding.to_host(self._predict(state.params, batch["x"]))[:8]  # (8, Dout)
+    y = sharding.to_host(batch["y"])[:8]
     grid = np.concatenate([pred, y], axis=1)  # (8, 2 * Dout)
     img = np.clip((grid + 1.0) * 127.5, 0, 255).astype(np.uint8)
     img = np.repeat(np.repeat(img, 8, axis=0), 8, axis=1)  # nearest upscaling
