@@ -19,7 +19,7 @@ Dtype = Any
 
 
 class G3D(nn.Module):
-  """Small 3D U-Net on the canonical volume (one H/W downsampling level, additive skip)."""
+  """Small 3D U-Net on the canonical volume (blocks at half H/W, 1x1x1 skip at full size)."""
   cfg: layers.FaceConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -30,14 +30,18 @@ class G3D(nn.Module):
     c = self.cfg
     kw = dict(groups=c.groups, weight_std=c.weight_std, dtype=self.dtype,
               param_dtype=self.param_dtype)
+    # 3x3x3 convs at full volume size are the costliest ops of the whole model, so the U-Net
+    # works at S/2 and full resolution only gets 1x1x1 convs (skip and output).
     ch = g3d_width(c)
-    x = layers.Conv(ch, (3, 3, 3), name="conv_in", dtype=self.dtype,
-                    param_dtype=self.param_dtype)(v.astype(self.dtype))
-    e1 = layers.ResBlock3D(ch, name="enc1", **kw)(x)
-    e2 = layers.ResBlock3D(2 * ch, down=True, name="enc2", **kw)(e1)  # (B, D, S/2, S/2, 2ch)
-    m = layers.ResBlock3D(2 * ch, name="mid", **kw)(e2)
-    u = layers.ResBlock3D(ch, up=True, name="dec1", **kw)(m) + e1
-    return layers.ResBlock3D(ch, name="out", **kw)(u)
+    conv1 = lambda f, name: layers.Conv(f, (1, 1, 1), name=name, dtype=self.dtype,  # noqa: E731
+                                        param_dtype=self.param_dtype)
+    v = v.astype(self.dtype)
+    skip = conv1(ch, "skip")(v)  # (B, D, S, S, ch)
+    h = layers.ResBlock3D(2 * ch, name="enc", **kw)(layers.downsample(v))  # (B, D, S/2, S/2, 2ch)
+    h = layers.ResBlock3D(2 * ch, name="mid", **kw)(h)
+    h = nn.silu(layers.group_norm(2 * ch, c.groups, name="norm_out", dtype=self.dtype,
+                                  param_dtype=self.param_dtype)(h))
+    return skip + conv1(ch, "out")(layers.upsample(h))
 
 
 class G2D(nn.Module):

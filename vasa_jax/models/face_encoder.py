@@ -1,7 +1,7 @@
 """Face encoder: appearance volume V_app and identity z_id; head pose z_pose and dynamics z_dyn.
 
 Appearance (MegaPortraits E_app): patchify stem -> 2D residual blocks with average pooling down to
-`app_size` -> 1x1 conv to C*D channels -> reshape channels into depth -> 3D residual blocks.
+`app_size` -> 1x1 conv to C*D channels -> reshape channels into depth -> a 3D residual block.
 Identity: pooled 2D trunk features -> z_id. Motion: its own small 2D trunk -> explicit pose
 (bounded angles, translation, log scale) and the holistic dynamics code z_dyn.
 """
@@ -41,7 +41,6 @@ class AppearanceTrunk(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = layers.space_to_depth(img.astype(self.dtype), c.stem_factor)  # (B, R/f, R/f, 3f^2)
     x = layers.Conv(c.enc_width, (3, 3), name="stem", **kw)(x)
-    x = layers.ResBlock2D(c.enc_width, c.groups, weight_std=c.weight_std, name="block0", **kw)(x)
     n_down = int(math.log2(x.shape[1] // c.app_size))
     for i in range(n_down):
       x = layers.ResBlock2D(c.enc_width * 2 ** (i + 1), c.groups, down=True,
@@ -51,7 +50,7 @@ class AppearanceTrunk(nn.Module):
 
 
 class VolumeHead(nn.Module):
-  """2D features (B, S, S, W) -> V_app (B, D, S, S, C): channels folded into depth, 3D blocks."""
+  """2D features (B, S, S, W) -> V_app (B, D, S, S, C): channels folded into depth, 3D block."""
   cfg: layers.FaceConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -64,10 +63,8 @@ class VolumeHead(nn.Module):
     x = nn.silu(layers.group_norm(feats.shape[-1], c.groups, name="norm", **kw)(feats))
     x = layers.Conv(c.app_depth * c.app_channels, (1, 1), name="to_volume", **kw)(x)
     x = x.reshape(b, s, s, c.app_depth, c.app_channels).transpose(0, 3, 1, 2, 4)  # (B,D,S,S,C)
-    for i in range(2):
-      x = layers.ResBlock3D(c.app_channels, c.groups, weight_std=c.weight_std,
-                            name=f"block3d_{i}", **kw)(x)
-    return x
+    return layers.ResBlock3D(c.app_channels, c.groups, weight_std=c.weight_std,
+                             name="block3d", **kw)(x)
 
 
 class IdentityHead(nn.Module):
@@ -101,7 +98,8 @@ class MotionEncoder(nn.Module):
   def __call__(self, img: jax.Array) -> tuple[jax.Array, jax.Array]:
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = layers.space_to_depth(img.astype(self.dtype), c.stem_factor)
+    # Pose and expression need less resolution than appearance: a 2x coarser patchify stem.
+    x = layers.space_to_depth(img.astype(self.dtype), 2 * c.stem_factor)
     x = layers.Conv(c.enc_width, (3, 3), name="stem", **kw)(x)
     n_down = max(int(math.log2(x.shape[1] // 8)), 0)
     for i in range(n_down):
