@@ -86,13 +86,20 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   controls = pipe.controls(gaze=(0.0, 0.0), distance=0.0)
   carry = sampler_lib.initial_carry(1, pipe.context, pipe.motion_dim, encoded.shape[-1])
   seg, mask = sampler_lib.pad_window(encoded[0], 0, w)
+  # XLA's cost analysis counts a while loop's body once, so a window's FLOPs are those of one
+  # guided denoising call (3 CFG branches in one batch) times the number of steps.
+  cond = sampler_lib.build_cond(carry, seg[None], mask[None], controls)
+  guided = jax.jit(lambda p, x, t, c: sampler_lib.guided_x0(pipe._denoise_fn, p, x, t, c, 0.5,  # pylint: disable=protected-access
+                                                            1.0))
+  x_t = jnp.zeros((1, w, pipe.motion_dim), jnp.float32)
+  step_flops = flops_of(guided, pipe.motion_params, x_t, jnp.zeros((1,), jnp.int32), cond)
   window_flops = {}
   for steps in sorted({50, 10, pipe.steps}, reverse=True):
     fn = pipe.sample_window_fn(steps)
     args = (pipe.motion_params, carry, seg[None], mask[None], controls, jax.random.key(0),
             0.5, 1.0)
     first, best, _ = time_fn(fn, *args, repeats=repeats)
-    window_flops[steps] = flops_of(fn, *args)
+    window_flops[steps] = step_flops * steps if step_flops is not None else None
     add(f"motion window W={w}, {steps} steps", first, best, best / w, "s/frame",
         window_flops[steps])
 

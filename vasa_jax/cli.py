@@ -90,6 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--real", nargs="*", default=[], help="real clips for reference figures")
   p.add_argument("--out", required=True, help="report directory")
 
+  p = sub.add_parser("eval-latent", help="stage 1 quality: reconstruction and identity, "
+                     "training vs unseen persons -> JSON, markdown, PNG grid")
+  p.add_argument("--checkpoint", required=True, help="stage 1 workdir or export")
+  p.add_argument("--shards", required=True, help="directory written by preprocess")
+  p.add_argument("--out", required=True, help="report directory")
+  p.add_argument("--max-clips", type=int, default=24, help="clips per split (default: 24)")
+  p.add_argument("--frames-per-clip", type=int, default=8, help="source/driver pairs per clip")
+  p.add_argument("--batch", type=int, default=8, help="pairs per model call")
+  p.add_argument("--seed", type=int, default=0)
+
+  p = sub.add_parser("eval-motion", help="stage 2 lip sync of generated motion vs real motion "
+                     "(ridge mouth signal, audio envelope, validation loss) -> JSON, markdown")
+  p.add_argument("--motion-checkpoint", required=True, help="stage 2 workdir or export")
+  p.add_argument("--motion-dir", required=True, help="directory written by extract-motion")
+  p.add_argument("--out", required=True, help="report directory")
+  p.add_argument("--latent-checkpoint", help="stage 1 run that extracted the motion (checked)")
+  p.add_argument("--split", default="val", help="train, val or all (default: %(default)s)")
+  p.add_argument("--steps", type=int, default=10, help="sampling steps (default: 10)")
+  p.add_argument("--max-clips", type=int, default=None, help="evaluate at most this many clips")
+  p.add_argument("--seed", type=int, default=0)
+
   p = sub.add_parser("bench", help="speed table: audio encoder, sampler, decoder, end to end")
   p.add_argument("--config", default="configs/demo.py:demo")
   p.add_argument("--checkpoint", help="pipeline directory (default: random weights)")
@@ -150,6 +171,20 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
   if cmd == "eval":
     from vasa_jax.eval import report
     report.run(args.videos, args.real, args.out)
+    return 0
+  if cmd == "eval-latent":
+    from vasa_jax.eval import latent_quality
+    latent_quality.compare_splits(args.checkpoint, args.shards, max_clips=args.max_clips,
+                                  frames_per_clip=args.frames_per_clip, batch=args.batch,
+                                  seed=args.seed, out=args.out)
+    print(f"eval-latent: wrote {args.out}/{latent_quality.MD_NAME}")
+    return 0
+  if cmd == "eval-motion":
+    from vasa_jax.eval import motion_lipsync
+    motion_lipsync.evaluate_motion(args.latent_checkpoint, args.motion_checkpoint,
+                                   args.motion_dir, split=args.split, steps=args.steps,
+                                   seed=args.seed, max_clips=args.max_clips, out=args.out)
+    print(f"eval-motion: wrote {args.out}/{motion_lipsync.MD_NAME}")
     return 0
   if cmd == "bench":
     from vasa_jax import bench

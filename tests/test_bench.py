@@ -1,0 +1,22 @@
+"""`vasa-jax bench` runs on the tiny pipeline and reports every part (no timing assertions)."""
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_tiny_reports_every_part(tmp_path, capsys):
+  from vasa_jax import bench
+  out = tmp_path / "bench.json"
+  result = bench.run("configs/demo.py:tiny", (), seconds=1.0, out=str(out), repeats=1)
+  printed = capsys.readouterr().out
+  assert "end to end offline" in printed and "| part" in printed
+  saved = json.loads(out.read_text())
+  parts = [r["part"] for r in saved["rows"]]
+  assert any(p.startswith("motion window") and "50 steps" in p for p in parts)
+  assert any(p.startswith("motion window") and "10 steps" in p for p in parts)
+  assert any(p.startswith("decoder") for p in parts)
+  assert result["offline_fps"] > 0 and result["stream_fps"] > 0
+  assert result["stream_first_frame_compute_s"] > 0
+  assert saved["device"].startswith("cpu")
+  assert all(r["time_s"] > 0 for r in saved["rows"])

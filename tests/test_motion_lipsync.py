@@ -1,0 +1,121 @@
+"""eval-motion: mouth readout, lip-sync figures and validation loss on fake motion records."""
+import json
+
+import numpy as np
+import pytest
+
+from vasa_jax.config_utils import load_config
+from vasa_jax.data import extract_motion, records
+from vasa_jax.eval import motion_lipsync
+
+FRAMES = 40
+PERSONS = ["p0", "p0", "p1", "p1", "p2", "p2"]  # p2 is held out
+
+
+def _fake_motion_dir(root, z_dyn_dim, weights):
+  """Motion records whose mouth_open is a planted linear function of z_dyn, and whose audio is
+  noise modulated by that mouth opening (so the label is in sync with the audio)."""
+  rng = np.random.default_rng(1)
+  index = records.ClipIndex(root=root, resolution=64, fps=25)
+  index.extra["z_dyn_dim"] = z_dyn_dim
+  t = np.arange(FRAMES)[:, None]
+  for k, person in enumerate(PERSONS):
+    z_pose = 0.1 * np.sin(0.2 * t + rng.uniform(0, 6, (1, 6)))
+    z_dyn = np.sin(rng.uniform(0.1, 0.9, (1, z_dyn_dim)) * t + rng.uniform(0, 6, (1, z_dyn_dim)))
+    mouth = 0.3 + z_dyn @ weights  # (T,)
+    audio = (rng.standard_normal((FRAMES, 640)) * np.exp(3 * mouth)[:, None]).reshape(-1)
+    rec = {"clip": f"clip{k}", "person": person, "fps": 25.0,
+           "audio": audio.astype(np.float32),
+           "audio_feats": rng.standard_normal((FRAMES, 4, 80)).astype(np.float32),
+           "gaze": np.full((FRAMES, 2), 0.05 * k, np.float32),
+           "face_scale": np.full((FRAMES,), 0.3 + 0.01 * k, np.float32),
+           "mouth_open": mouth.astype(np.float32), "has_speech": True,
+           "z_pose": z_pose.astype(np.float32), "z_dyn": z_dyn.astype(np.float32)}
+    records.write_shard(root / "shards" / f"m{k}.array_record", [rec])
+    index.clips.append({"clip": rec["clip"], "person": person, "frames": FRAMES, "fps": 25.0,
+                        "resolution": 64, "has_speech": True,
+                        "shard": f"shards/m{k}.array_record", "record": 0})
+  index.save()
+  stats = extract_motion.motion_stats(index)
+  (root / "motion_stats.json").write_text(json.dumps(stats))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  import jax
+  import jax.numpy as jnp
+  from vasa_jax.models import motion_dit
+  from vasa_jax.train import checkpoint, motion_task
+
+  config = load_config("configs/motion.py:tiny", ["data.val_persons=['p2']"])
+  m = config.model
+  w, k, e = int(m.window), int(m.context), int(m.emotion_dim)
+  batch = {"motion": np.zeros((1, w, m.motion_dim), np.float32),
+           "motion_prev": np.zeros((1, k, m.motion_dim), np.float32),
+           "audio": np.zeros((1, w, 4, 80), np.float32),
+           "audio_prev": np.zeros((1, k, 4, 80), np.float32),
+           "has_prev": np.zeros((1,), bool), "gaze": np.zeros((1, 2), np.float32),
+           "distance": np.zeros((1, 1), np.float32), "emotion": np.zeros((1, e), np.float32),
+           "emotion_mask": np.zeros((1,), bool)}
+  cond = motion_task.batch_cond(batch, motion_task.full_masks(batch, w))
+  model = motion_dit.build_motion_model(config)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.asarray(batch["motion"]),
+                               jnp.zeros((1,), jnp.int32), cond)["params"]
+  root = tmp_path_factory.mktemp("motion_lipsync")
+  ckpt = checkpoint.export_params(params, config, root / "ckpt", dtype="float32")
+  weights = np.random.default_rng(2).normal(0, 0.05, int(m.z_dyn_dim))
+  _fake_motion_dir(root / "motion", int(m.z_dyn_dim), weights)
+  return root, ckpt, config
+
+
+def test_ridge_readout_and_correlation():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((200, 5))
+  y = 2.0 * x[:, 1] - x[:, 3] + 0.5
+  y[::17] = np.nan  # frames without a face are left out
+  model = motion_lipsync.fit_ridge(x, y, alpha=1e-3)
+  assert motion_lipsync.r2_score(y, motion_lipsync.predict_ridge(model, x)) > 0.999
+  assert motion_lipsync.correlation(x[:, 0], 3 * x[:, 0] + 1) == pytest.approx(1.0)
+  assert motion_lipsync.correlation(x[:, 0], np.ones(200)) == 0.0
+
+
+def test_evaluate_motion_on_fake_records(setup):
+  root, ckpt, config = setup
+  out = root / "report"
+  res = motion_lipsync.evaluate_motion(None, ckpt, root / "motion", split="val", steps=2,
+                                       out=out)
+  # The planted relation mouth_open = 0.3 + z_dyn @ w is recovered, also on unseen persons.
+  assert res["ridge"]["r2_train"] > 0.99 and res["ridge"]["r2_val"] > 0.99
+  assert res["val_persons"] == ["p2"]
+  assert [c["clip"] for c in res["clips"]] == ["clip4", "clip5"]
+  mn = res["means"]
+  for key, value in mn.items():
+    assert np.isfinite(value), key
+  # Readout of real motion == label, so the two rows agree; the label follows its own audio
+  # (planted) better than another clip's.
+  assert mn["real_vs_label"] > 0.99
+  assert mn["sync_label_corr_raw"] > 0.5
+  assert mn["sync_label_corr_raw"] > mn["sync_mismatched_corr_raw"]
+  assert mn["sync_real_motion_corr_raw"] == pytest.approx(mn["sync_label_corr_raw"], abs=0.02)
+  clip = res["clips"][0]
+  assert len(clip["series"]["generated"]) == FRAMES
+  assert clip["controls"]["gaze"] == pytest.approx([0.2, 0.2])  # the clip's main gaze
+  assert mn["std_generated"] > 0  # random model: generated motion moves
+  loss = res["loss"]
+  assert loss["batches"] >= 1 and np.isfinite(loss["loss_x0"]) and loss["loss_x0"] > 0
+  saved = json.loads((out / motion_lipsync.JSON_NAME).read_text())
+  assert saved["ridge"]["r2_val"] == pytest.approx(res["ridge"]["r2_val"])
+  md = (out / motion_lipsync.MD_NAME).read_text()
+  assert "generated motion -> readout" in md and "Validation diffusion loss" in md
+
+
+def test_rejects_a_mismatched_stage1_run(setup, tmp_path):
+  from vasa_jax.errors import VasaInputError
+  from vasa_jax.train import checkpoint
+  root, ckpt, _ = setup
+  latent = load_config("configs/latent.py:demo")  # z_dyn 32, the tiny motion has 16
+  checkpoint.export_params({"w": np.zeros((2,), np.float32)}, latent, tmp_path / "latent")
+  with pytest.raises(VasaInputError, match="z_dyn_dim 32"):
+    motion_lipsync.evaluate_motion(tmp_path / "latent", ckpt, root / "motion", steps=2)
+  with pytest.raises(VasaInputError, match="not a stage 2"):
+    motion_lipsync.evaluate_motion(None, tmp_path / "latent", root / "motion", steps=2)
