@@ -98,7 +98,7 @@ def test_eval_latent_cli_reports_both_splits(setup):
   from PIL import Image
   grid = np.asarray(Image.open(out / latent_quality.GRID_NAME))
   r = 64
-  assert grid.shape[0] == 5 * r  # 3 training rows + 2 unseen rows
+  assert grid.shape[0] == 14 + 5 * r  # title strip, 3 training rows, 2 unseen rows
   assert grid.shape[1] > 5 * r
 
 

@@ -112,8 +112,10 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
 
 
 def save_config(config: ml_collections.ConfigDict, path: str | os.PathLike):
-  path = pathlib.Path(path)
+  """Writes the config as JSON atomically (local paths and gs:// alike)."""
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(config_to_json(config))
-  os.replace(tmp, path)
+  tmp.replace(path)

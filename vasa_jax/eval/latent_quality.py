@@ -396,7 +396,8 @@ def _fmt(value, spec: str) -> str:
 
 def render_markdown(result: dict) -> str:
   """The report: a table per split, the gap, then one row per clip."""
-  head = "| " + " | ".join(["split", "clips", "persons", "pairs"] + [h for _, h, _ in COLUMNS])
+  head = "| " + " | ".join(["split", "clips", "persons", "pairs"]
+                          + [h for _, h, _ in COLUMNS]) + " |"
   rule = "|" + "---|" * (4 + len(COLUMNS))
   lines = [f"# Stage 1 latent quality: {result['checkpoint']} (step {result['step']})", "",
            f"Shards `{result['shards']}`, {result['frames_per_clip']} source/driver pairs per "
@@ -426,17 +427,29 @@ def render_markdown(result: dict) -> str:
   return "\n".join(lines)
 
 
-def grid_image(grid) -> np.ndarray:
-  """(rows, 5 images) -> one uint8 image with a split label strip on the left of each row."""
+GRID_COLUMNS = ("source", "driver", "recon", "other", "cross")
+
+
+def _text(width: int, height: int, text: str) -> np.ndarray:
   from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
-  rows = []
+  img = Image.new("RGB", (width, height), (255, 255, 255))
+  ImageDraw.Draw(img).text((2, 2), text, fill=(0, 0, 0))
+  return np.asarray(img)
+
+
+def grid_image(grid) -> np.ndarray:
+  """(rows of (split, 5 images)) -> one uint8 image: a title strip with the column names
+  (`GRID_COLUMNS`), then one row per pair with its split written on the left."""
+  if not grid:
+    return np.zeros((1, 1, 3), np.uint8)
+  r = grid[0][1].shape[0]
+  lw = max(24, r // 3)
+  title = np.concatenate([_text(lw, 14, "")] + [_text(r, 14, c) for c in GRID_COLUMNS], axis=1)
+  rows = [title]
   for split, *imgs in grid:
-    r = imgs[0].shape[0]
-    label = Image.new("RGB", (max(24, r // 3), r), (255, 255, 255))
-    ImageDraw.Draw(label).text((2, 2), split, fill=(0, 0, 0))
-    rows.append(np.concatenate([np.asarray(label)] + [np.asarray(i, np.uint8) for i in imgs],
+    rows.append(np.concatenate([_text(lw, r, split)] + [np.asarray(i, np.uint8) for i in imgs],
                                axis=1))
-  return np.concatenate(rows, axis=0) if rows else np.zeros((1, 1, 3), np.uint8)
+  return np.concatenate(rows, axis=0)
 
 
 def write_outputs(result: dict, grid, out) -> pathlib.Path:

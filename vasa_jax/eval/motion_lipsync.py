@@ -121,8 +121,9 @@ def _motion(rec: dict) -> np.ndarray:
 
 
 def _envelope(rec: dict, t: int) -> np.ndarray:
-  from vasa_jax.data.audio_features import energy_envelope  # pylint: disable=import-outside-toplevel
-  env = np.asarray(energy_envelope(np.asarray(rec["audio"], np.float32)), np.float64)
+  from vasa_jax.data import audio_features  # pylint: disable=import-outside-toplevel
+  env = np.asarray(audio_features.energy_envelope(np.asarray(rec["audio"], np.float32)),
+                   np.float64)
   return env[:t] if env.shape[0] >= t else np.concatenate([env, np.full(t - env.shape[0], np.nan)])
 
 

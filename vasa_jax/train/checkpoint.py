@@ -16,6 +16,7 @@ from typing import Any
 
 import grain
 import jax
+from etils import epath
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -31,8 +32,8 @@ EXPORT_PARAMS = "params.msgpack"
 EXPORT_VERSION = 1
 
 
-def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
-  return pathlib.Path(workdir) / CHECKPOINT_SUBDIR
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+  return epath.Path(workdir) / CHECKPOINT_SUBDIR
 
 
 class Checkpointer:
@@ -48,7 +49,9 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike, *, keep: int | None = 3,
                async_save: bool = True, read_only: bool = False):
-    self.directory = pathlib.Path(directory).absolute()
+    directory = epath.Path(directory)
+    # Local paths are made absolute (orbax needs it); gs:// paths are left as they are.
+    self.directory = directory.absolute() if "://" not in str(directory) else directory
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
         read_only=read_only)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import pathlib
+import io
 import time
 from typing import Any
 
 import flax.linen as nn
 import jax
+from etils import epath
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -167,16 +167,27 @@ def _check_finite(first_bad, checkpointer):
         "Lower --config.optim.lr, enable --config.optim.grad_clip or check the input data.")
 
 
-def _save_png(image: np.ndarray, path: pathlib.Path):
+def _save_png(image: np.ndarray, path: epath.Path):
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
-  os.replace(tmp, path)
+  tmp = path.parent / (path.name + ".tmp")
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
+  tmp.write_bytes(buf.getvalue())
+  tmp.replace(path)
 
 
-def _append_jsonl(path: pathlib.Path, record: dict):
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
+def _is_local(path: epath.Path) -> bool:
+  return "://" not in str(path)
+
+
+def _append_jsonl(path: epath.Path, record: dict):
+  line = json.dumps(record) + "\n"
+  if _is_local(path):
+    with open(path, "a") as f:
+      f.write(line)
+  else:  # object stores (gs://) cannot append: rewrite the (small) file
+    old = path.read_text() if path.exists() else ""
+    path.write_text(old + line)
 
 
 def _to_host(metrics) -> dict[str, float]:
@@ -206,7 +217,9 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
   is_main = pid == 0
 
   # ---- Workdir ----
-  workdir = pathlib.Path(workdir)
+  # epath: local paths and object stores (gs://...) alike, so every TPU worker writes to the
+  # same bucket rather than to its own disk.
+  workdir = epath.Path(workdir)
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
     config_utils.save_config(config, workdir / "config.json")
