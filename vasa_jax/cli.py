@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--latent", required=True, help="stage 1 workdir")
   p.add_argument("--motion", required=True, help="stage 2 workdir")
   p.add_argument("--out", required=True)
+  p.add_argument("--steps", type=int, help="default sampling steps stored with the pipeline")
 
   p = sub.add_parser("eval", help="lip sync, pose and image quality -> JSON, markdown, plots")
   p.add_argument("--videos", nargs="+", required=True, help="generated mp4s (with audio)")
@@ -159,7 +160,7 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     return 0
   if cmd == "export":
     from vasa_jax.inference import export
-    export.export_pipeline(args.latent, args.motion, args.out)
+    export.export_pipeline(args.latent, args.motion, args.out, steps=args.steps)
     return 0
   if cmd == "reenact":
     from vasa_jax.inference import reenact

@@ -442,10 +442,8 @@ class _MotionElement:
     else:
       motion_prev = np.zeros((c, motion.shape[-1]), np.float32)
       audio_prev = np.zeros((c,) + feats.shape[1:], np.float32)
-    scale = np.asarray(rec["face_scale"][start:start + w], np.float64)
-    scale = scale[np.isfinite(scale)]
-    distance = ((float(scale.mean()) - self.scale_mean) / max(self.scale_std, 1e-6)
-                if scale.size else 0.0)  # no finite label: the average distance
+    distance = distance_control(rec["face_scale"][start:start + w], self.scale_mean,
+                                self.scale_std)
     emotion = np.zeros((self.emotion_dim,), np.float32)
     label = emotion_from_name(str(rec.get("clip", "")))
     if label is not None and label < self.emotion_dim:
@@ -571,6 +569,19 @@ def _load_motion_stats(root: pathlib.Path) -> dict | None:
   if not path.is_file():
     return None
   return json.loads(path.read_text())
+
+
+def distance_control(face_scale, scale_mean: float, scale_std: float) -> float:
+  """Normalised head-to-camera distance of a stretch of frames from their face scale.
+
+  The apparent face size shrinks as the head moves away, so the distance is the negated z-score
+  of the mean face scale: +1 = one std further than the dataset average; 0 without labels.
+  """
+  scale = np.asarray(face_scale, np.float64)
+  scale = scale[np.isfinite(scale)]
+  if not scale.size:
+    return 0.0
+  return -(float(scale.mean()) - scale_mean) / max(scale_std, 1e-6)
 
 
 def face_scale_stats(clips) -> tuple[float, float]:

@@ -19,8 +19,13 @@ No rendering and no face detector: the test works in the motion space of stage 1
      series against the audio energy envelope (`audio_features.energy_envelope`), for the
      generated mouth signal, the real motion's mouth signal, the real `mouth_open` label, and
      the label against the next clip's audio (`mismatched`: the no-sync reference);
-   - spread: std of the generated and real mouth signals (raw and detrended); a calm generated
-     mouth can correlate and still barely move;
+   - spread: std of the generated and real mouth signals (raw and detrended) and their ratio
+     `spread_ratio`; a calm generated mouth can correlate and still barely move, and a wild one
+     can correlate for the wrong reason: a model whose output simply follows the loudness of
+     its audio input scores a high sync correlation even when its motion is far outside the
+     real range (an untrained, random-weight model measured 0.74 detrended on the demo data, at
+     6x the real motion spread). Sync figures mean "lips follow speech" only next to
+     `gen_vs_label` > 0 and a `spread_ratio` near 1; the markdown flags ratios outside [0.5, 2];
    - `pose_std_ratio`, `dyn_std_ratio`: std of generated over real motion, per dimension in
      normalised units, averaged over the pose and the dynamics dimensions.
    Sync means use the clips with `has_speech` (all clips when none has it).
@@ -381,6 +386,7 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
     row["std_generated"] = float(np.std(mouth_gen))
     row["std_real_motion"] = float(np.std(mouth_real))
     row["std_label"] = float(np.nanstd(label)) if np.isfinite(label).any() else float("nan")
+    row["spread_ratio"] = row["std_generated"] / max(row["std_real_motion"], 1e-12)
     ratio = np.std((gen - mean) / std, 0) / np.maximum(np.std((real - mean) / std, 0), 1e-8)
     row["pose_std_ratio"] = float(ratio[:int(m.z_pose_dim)].mean())
     row["dyn_std_ratio"] = float(ratio[int(m.z_pose_dim):].mean())
@@ -394,7 +400,7 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
   means = {}
   for key in ("gen_vs_label", "gen_vs_label_detrended", "gen_vs_real", "gen_vs_real_detrended",
               "real_vs_label", "real_vs_label_detrended", "std_generated", "std_real_motion",
-              "std_label", "pose_std_ratio", "dyn_std_ratio"):
+              "std_label", "spread_ratio", "pose_std_ratio", "dyn_std_ratio"):
     means[key] = _mean(clips, key)
   for name in SIGNALS:
     for key in SYNC_KEYS:
@@ -476,9 +482,14 @@ def render_markdown(result: dict) -> str:
             f"{_fmt(mn['gen_vs_label_detrended'])}, with the real-motion readout "
             f"{_fmt(mn['gen_vs_real_detrended'])} (real readout vs label "
             f"{_fmt(mn['real_vs_label_detrended'])}).",
-            f"Motion spread, generated / real (normalised units): pose "
-            f"{_fmt(mn['pose_std_ratio'], '{:.2f}')}, dynamics "
+            f"Spread, generated / real: mouth readout {_fmt(mn['spread_ratio'], '{:.2f}')}; "
+            f"motion (normalised units) pose {_fmt(mn['pose_std_ratio'], '{:.2f}')}, dynamics "
             f"{_fmt(mn['dyn_std_ratio'], '{:.2f}')}.", ""]
+  if not 0.5 <= mn["spread_ratio"] <= 2.0:
+    lines += [f"**Warning**: the generated mouth signal moves {mn['spread_ratio']:.2f}x as much "
+              "as the real one; its sync correlation is not comparable to the real rows (a "
+              "model that passes audio loudness straight into motion correlates with the "
+              "envelope without moving like a face).", ""]
   loss = result.get("loss")
   if loss:
     lines += [f"Validation diffusion loss ({loss['batches']} batches of {loss['batch_size']} "

@@ -29,7 +29,8 @@ def motion_stats_for(motion_config) -> dict:
   return {k: np.asarray(v).tolist() for k, v in clips.stats.items()}
 
 
-def export_pipeline(latent_workdir, motion_workdir, out, *, dtype: str = "bfloat16"):
+def export_pipeline(latent_workdir, motion_workdir, out, *, dtype: str = "bfloat16",
+                    steps: int | None = None):
   """Loads both runs (EMA parameters where kept) and writes a pipeline directory."""
   # pylint: disable=import-outside-toplevel
   from vasa_jax.inference import pipeline
@@ -46,6 +47,6 @@ def export_pipeline(latent_workdir, motion_workdir, out, *, dtype: str = "bfloat
   latent_params = generator_params(latent_params)  # the discriminator is not needed to generate
   stats = motion_stats_for(motion_config)
   out = pipeline.save_pipeline(out, latent_config, latent_params, motion_config, motion_params,
-                               stats, dtype=dtype)
+                               stats, dtype=dtype, steps=steps)
   print(f"Wrote pipeline checkpoint to {out}")
   return out
