@@ -40,9 +40,9 @@ def setup(tmp_path_factory):
   config = load_config("configs/latent.py:tiny", ["data.val_persons=['p2']"])
   r = int(config.model.resolution)
   img = jnp.zeros((1, r, r, 3), jnp.float32)
-  from vasa_jax.train.latent_task import _fast_init_key
+  from vasa_jax.models import layers
   # An "rbg" key: threefry init of the ~200 tensors takes XLA:CPU far longer to compile.
-  key = _fast_init_key(jax.random.key(0))
+  key = layers.fast_init_key(jax.random.key(0))
   params = jax.jit(FaceModel(config.model).init)(key, img, img)["params"]
   root = tmp_path_factory.mktemp("latent_quality")
   # A training run stores {"gen", "disc"}; the evaluator must pick the generator.

@@ -13,6 +13,7 @@ and the figures are:
   psnr, ssim, l1            recon against the driver (rendered images clipped to [-1, 1])
   psnr_copy, ssim_copy      the source frame itself against the driver: the "no motion transfer"
                             floor; recon must beat it to show that motion is transferred
+  beats_copy                the share of pairs where recon's PSNR beats psnr_copy
   id_cross                  cos(z_id(cross), z_id(source)): identity kept under cross-identity
                             reenactment (VASA-1's cross-identity criterion)
   id_recon                  cos(z_id(recon), z_id(source))
@@ -53,14 +54,15 @@ MD_NAME = "latent_quality.md"
 GRID_NAME = "latent_grid.png"
 SPLITS = ("train", "val")
 # Per-pair figures computed by the jitted evaluator (means per clip, then per split).
-PAIR_KEYS = ("psnr", "ssim", "l1", "psnr_copy", "ssim_copy", "id_cross", "id_recon",
-             "id_same_person", "id_other_person")
+PAIR_KEYS = ("psnr", "ssim", "l1", "psnr_copy", "ssim_copy", "beats_copy", "id_cross",
+             "id_recon", "id_same_person", "id_other_person")
 # (key, markdown header, format) of the tables.
 COLUMNS = (
     ("psnr", "PSNR dB", "{:.2f}"),
     ("psnr_copy", "PSNR copy-source", "{:.2f}"),
     ("ssim", "SSIM", "{:.3f}"),
     ("ssim_copy", "SSIM copy-source", "{:.3f}"),
+    ("beats_copy", "PSNR > copy (share)", "{:.2f}"),
     ("l1", "L1", "{:.4f}"),
     ("id_cross", "id cos cross", "{:.3f}"),
     ("id_recon", "id cos recon", "{:.3f}"),
@@ -136,6 +138,59 @@ def _resize(frames: np.ndarray, resolution: int) -> np.ndarray:
                    for f in frames])
 
 
+def plan_pairs(chosen: Sequence[dict], frames_per_clip: int) -> list[tuple]:
+  """Deterministic evaluation pairs over the chosen clips.
+
+  The cross-identity partner of a clip is the next chosen clip of another person; with one
+  person, another clip of theirs; with a single clip, a mirrored frame (as the training
+  pipeline does). The partner frame sits at the driver's relative position in its clip.
+
+  Args:
+    chosen: clip entries (with `person`, `frames`).
+    frames_per_clip: pairs per clip (`pair_frames`).
+
+  Returns:
+    Tuples (clip position, source frame, driver frame, partner position, partner frame or None
+    for the mirrored-frame case).
+  """
+  pairs = []
+  for k, e in enumerate(chosen):
+    others = [j % len(chosen) for j in range(k + 1, k + len(chosen))]
+    partner = next((j for j in others if chosen[j]["person"] != e["person"]),
+                   others[0] if others else None)
+    t = int(e["frames"])
+    for s, d in pair_frames(t, frames_per_clip):
+      if partner is None:
+        pairs.append((k, s, d, k, None))
+      else:
+        tp = int(chosen[partner]["frames"])
+        pairs.append((k, s, d, partner, min(int(d / max(t, 1) * tp), tp - 1)))
+  return pairs
+
+
+def _load_images(index: records.ClipIndex, chosen: Sequence[dict], pairs: Sequence[tuple],
+                 resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(source, driver, other) frames of every pair, each (n, R, R, 3) uint8."""
+  from vasa_jax.data.pipelines import ClipSource  # pylint: disable=import-outside-toplevel
+  source = ClipSource(index, entries=list(chosen))
+  cache: dict[int, dict] = {}
+
+  def frame(k: int, f: int | None, mirror_of: int = 0) -> np.ndarray:
+    rec = cache.get(k)
+    if rec is None:  # read a clip's record once; only the requested JPEGs are decoded
+      rec = cache[k] = source[k]
+      if len(cache) > 4:
+        cache.pop(next(iter(cache)))
+    if f is None:
+      return records.decode_frames(rec, [mirror_of])[0][:, ::-1]
+    return records.decode_frames(rec, [f])[0]
+
+  src = np.stack([frame(k, s) for k, s, _, _, _ in pairs])
+  drv = np.stack([frame(k, d) for k, _, d, _, _ in pairs])
+  oth = np.stack([frame(j, f, mirror_of=d) for _, _, d, j, f in pairs])
+  return tuple(_resize(x, resolution) for x in (src, drv, oth))
+
+
 # ------------------------------------------------------------------------------- model
 
 
@@ -206,7 +261,6 @@ def _summary(rows: Sequence[dict]) -> dict:
 def _evaluate(checkpoint, shards, *, persons, max_clips, frames_per_clip, batch, seed,
               val_persons, both_splits: bool = False, grid_rows: int = 3):
   from vasa_jax.data import extract_motion  # pylint: disable=import-outside-toplevel
-  from vasa_jax.data.pipelines import ClipSource  # pylint: disable=import-outside-toplevel
 
   t0 = time.perf_counter()
   config, model, params = extract_motion.load_face_model(checkpoint)
@@ -233,38 +287,8 @@ def _evaluate(checkpoint, shards, *, persons, max_clips, frames_per_clip, batch,
         f"but absent {missing}). Pass shards with both training and held-out persons, or set "
         "config.data.val_persons in the run.")
 
-  # Pairs: (clip position, source frame, driver frame, partner position, partner frame).
-  pairs = []
-  for k, e in enumerate(chosen):
-    # Partner: the next clip of another person; with one person, another clip of theirs; with
-    # one clip, a mirrored frame (as the training pipeline does).
-    others = [j % len(chosen) for j in range(k + 1, k + len(chosen))]
-    partner = next((j for j in others if chosen[j]["person"] != e["person"]),
-                   others[0] if others else None)
-    for s, d in pair_frames(int(e["frames"]), frames_per_clip):
-      if partner is None:
-        pairs.append((k, s, d, k, None))  # one person only: a mirrored frame of the clip
-      else:
-        tp = int(chosen[partner]["frames"])
-        pairs.append((k, s, d, partner, min(int(d / max(int(e["frames"]), 1) * tp), tp - 1)))
-
-  source = ClipSource(index, entries=chosen)
-  frames_cache: dict[int, dict] = {}
-
-  def frame(k: int, f: int | None, mirror_of: int = 0) -> np.ndarray:
-    rec = frames_cache.get(k)
-    if rec is None:  # decode a clip's record once (only the requested frames are decoded)
-      rec = frames_cache[k] = source[k]
-      if len(frames_cache) > 4:
-        frames_cache.pop(next(iter(frames_cache)))
-    if f is None:
-      return records.decode_frames(rec, [mirror_of])[0][:, ::-1]
-    return records.decode_frames(rec, [f])[0]
-
-  src = np.stack([frame(k, s) for k, s, _, _, _ in pairs])
-  drv = np.stack([frame(k, d) for k, _, d, _, _ in pairs])
-  oth = np.stack([frame(j, f, mirror_of=d) for _, _, d, j, f in pairs])
-  src, drv, oth = (_resize(x, resolution) for x in (src, drv, oth))
+  pairs = plan_pairs(chosen, frames_per_clip)
+  src, drv, oth = _load_images(index, chosen, pairs, resolution)
 
   # Grid rows: the first pair of the first `grid_rows` clips of each split.
   grid_pairs = []
@@ -284,11 +308,13 @@ def _evaluate(checkpoint, shards, *, persons, max_clips, frames_per_clip, batch,
     out = fn(params, src[take], drv[take], oth[take])
     out = jax.device_get(out)
     for k in PAIR_KEYS:
-      figures[k][idx] = np.asarray(out[k])[:idx.size]
+      if k in out:
+        figures[k][idx] = np.asarray(out[k])[:idx.size]
     for j, p in enumerate(idx):
       if int(p) in want:
         renders[int(p)] = (np.asarray(out["recon"][j]), np.asarray(out["cross"][j]))
   t2 = time.perf_counter()
+  figures["beats_copy"] = (figures["psnr"] > figures["psnr_copy"]).astype(np.float64)
 
   clips = []
   pos = np.array([p[0] for p in pairs])

@@ -341,7 +341,8 @@ def init_random_params(latent_config, motion_config, seed: int = 0):
 
   r = int(latent_config.model.resolution)
   img = jnp.zeros((1, r, r, 3), jnp.float32)
-  k_lat, k_mot = jax.random.split(jax.random.key(seed))
+  from vasa_jax.models.layers import fast_init_key
+  k_lat, k_mot = jax.random.split(fast_init_key(jax.random.key(seed)))
   latent_params = jax.jit(FaceModel(latent_config.model).init)(k_lat, img, img)["params"]
   m, e = motion_config.model, int(motion_config.model.emotion_dim)
   w, k = int(m.window), int(m.context)

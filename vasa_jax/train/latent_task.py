@@ -54,15 +54,6 @@ def _split_disc(outs, n: int):
   return parts
 
 
-def _fast_init_key(rng: jax.Array) -> jax.Array:
-  """An "rbg" key derived from `rng` for parameter init.
-
-  Threefry-generated initial values of ~200 parameter tensors take XLA:CPU minutes to compile;
-  RngBitGenerator takes seconds. Only the init distribution is affected, not its statistics.
-  """
-  return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
-
-
 def _where_tree(pred: jax.Array, new: Any, old: Any) -> Any:
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
@@ -111,7 +102,7 @@ class LatentTask:
                            f"preprocess the data at {r}px or set --config.model.resolution="
                            f"{shape[0]} (with matching model sizes)")
     x = jnp.zeros((1, r, r, 3), jnp.float32)
-    g_rng, d_rng = jax.random.split(_fast_init_key(rng))
+    g_rng, d_rng = jax.random.split(layers.fast_init_key(rng))
     gen = self.model.init(g_rng, x, x)["params"]
     disc = self.disc.init(d_rng, x)["params"]
     params = {"gen": gen, "disc": disc}
