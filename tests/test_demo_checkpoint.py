@@ -1,0 +1,53 @@
+"""The bundled demo checkpoint: loads with no network, generates, and its controls."""
+import pathlib
+
+import numpy as np
+import pytest
+
+from vasa_jax.inference import pipeline as pipeline_lib
+
+DEMO = pipeline_lib.DEFAULT_CHECKPOINT
+
+
+@pytest.fixture(scope="module")
+def demo():
+  if not (DEMO / pipeline_lib.PIPELINE_FILE).is_file():
+    pytest.skip("no bundled demo checkpoint in this checkout")
+  return pipeline_lib.load_pipeline()
+
+
+@pytest.fixture(scope="module")
+def speech():
+  from vasa_jax.data import media
+  from vasa_jax.inference.generate_cli import BUNDLED_SPEECH
+  return media.read_audio(str(BUNDLED_SPEECH))[:16000 * 2]
+
+
+def test_bundled_checkpoint_is_small_and_self_describing():
+  files = [p for p in DEMO.rglob("*") if p.is_file()]
+  assert files, "vasa_jax/assets/demo is missing"
+  assert sum(p.stat().st_size for p in files) < 50 * 2**20
+  for part in ("latent", "motion"):
+    assert (DEMO / part / "config.json").is_file() and (DEMO / part / "params.msgpack").is_file()
+
+
+def test_demo_generates_moving_frames(demo, speech):
+  from skimage import data
+  result = demo.generate(data.astronaut(), speech, seed=0)
+  assert result.frames.shape == (50, demo.resolution, demo.resolution, 3)
+  assert np.isfinite(result.motion).all()
+  # Frames differ over time (the motion is used), and are not a flat colour.
+  assert np.abs(np.diff(result.frames.astype(np.float32), axis=0)).mean() > 0.01
+  assert result.frames.std() > 10
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 5: the demo stage 1 learned almost no head scale/rotation (its z_pose varies by "
+    "~0.01 over the training data), so the distance control has no visible effect yet"))
+def test_distance_control_moves_the_head(demo, speech):
+  from skimage import data
+  near = demo.generate(data.astronaut(), speech, seed=0, distance=-2.0).motion
+  far = demo.generate(data.astronaut(), speech, seed=0, distance=2.0).motion
+  log_scale = 5  # z_pose: yaw, pitch, roll, tx, ty, log scale
+  # A nearer head is larger by a clear margin (a tenth of the data's spread of scales).
+  assert near[:, log_scale].mean() - far[:, log_scale].mean() > 0.1 * demo.std[log_scale]
