@@ -4,7 +4,6 @@ import json
 import pytest
 
 
-@pytest.mark.slow
 def test_bench_tiny_reports_every_part(tmp_path, capsys):
   from vasa_jax import bench
   out = tmp_path / "bench.json"

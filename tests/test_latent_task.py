@@ -94,7 +94,6 @@ def compiled_step(task_state):
   return jax.jit(chex.assert_max_traces(task.train_step, n=1), compiler_options=FAST_COMPILE)
 
 
-@pytest.mark.slow
 def test_step_traces_once_across_gan_switch(task_state, compiled_step):
   task, state, batch = task_state
   state = nn.unbox(state)  # the loop unboxes before stepping
@@ -121,7 +120,6 @@ def test_step_traces_once_across_gan_switch(task_state, compiled_step):
   assert not np.allclose(leaf(state.ema_params), leaf(state.params))
 
 
-@pytest.mark.slow
 def test_thirty_steps_lower_reconstruction_loss(task_state, compiled_step):
   task, state, batch = task_state
   state = nn.unbox(state)

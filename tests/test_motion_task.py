@@ -34,7 +34,6 @@ def _batch(c, b=4, seed=0):
           "emotion_mask": np.array([True, False] * (b // 2))}
 
 
-@pytest.mark.slow  # ~20 s CPU, mostly compiling init and train_step
 def test_init_and_fifty_steps_lower_the_loss():
   c = _config()
   task = MotionTask(c)

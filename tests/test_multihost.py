@@ -252,7 +252,6 @@ def _npz(path: pathlib.Path) -> dict:
     return dict(f)
 
 
-@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(toy_rounds):
   root, results = toy_rounds["root"], toy_rounds["results"]
   assert results["two"]["process_count"] == 2 and results["two"]["device_count"] == 4
@@ -270,7 +269,6 @@ def test_two_processes_match_one_process_with_the_same_global_batch(toy_rounds):
   assert grain_states == ["process_0-of-2.json", "process_1-of-2.json"]
 
 
-@pytest.mark.slow
 def test_checkpoints_restore_across_process_counts(toy_rounds):
   out = {k: toy_rounds["root"] / f"out_{k}" for k in ("two", "back")}
   for written_by in ("one", "two"):
@@ -290,7 +288,6 @@ def test_checkpoints_restore_across_process_counts(toy_rounds):
     np.testing.assert_array_equal(value, by_two[key], err_msg=key)
 
 
-@pytest.mark.slow
 def test_resume_training_with_a_different_process_count(toy_rounds):
   results = toy_rounds["results"]
   for k in ("two", "back"):

@@ -74,7 +74,6 @@ def test_notebooks_are_valid_and_have_a_fast_parameter_cell(name):
     assert re.search(r"try:\s+import ipywidgets", source)  # optional, guarded
 
 
-@pytest.mark.slow
 def test_demo_notebook_runs_headless(tmp_path, monkeypatch):
   nb, _ = _execute("demo", tmp_path, monkeypatch, cell_timeout=600)
   videos = _videos(nb)
@@ -89,7 +88,6 @@ def test_demo_notebook_runs_headless(tmp_path, monkeypatch):
   assert ("random weights" in text) == (not bundled)
 
 
-@pytest.mark.slow
 def test_train_notebook_runs_the_tiny_pipeline_end_to_end(tmp_path, monkeypatch):
   nb, _ = _execute("train", tmp_path, monkeypatch, cell_timeout=900)
   work = tmp_path / "work"
