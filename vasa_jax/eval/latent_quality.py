@@ -36,7 +36,6 @@ other person's frame | cross-identity transfer; a few rows per split, train firs
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 import time
@@ -47,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vasa_jax.data import records
+from vasa_jax.eval import report
 from vasa_jax.errors import VasaInputError
 
 JSON_NAME = "latent_quality.json"
@@ -404,16 +404,7 @@ def compare_splits(workdir, shards, *, max_clips: int | None = 24, frames_per_cl
 # ------------------------------------------------------------------------------- writing
 
 
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, (float, np.floating)):
-    return float(x) if math.isfinite(x) else None
-  return x
+_jsonable = report.to_jsonable  # one JSON conversion for every eval command
 
 
 def _fmt(value, spec: str) -> str:

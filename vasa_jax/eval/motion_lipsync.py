@@ -54,7 +54,7 @@ import numpy as np
 
 from vasa_jax.data import records
 from vasa_jax.errors import VasaInputError
-from vasa_jax.eval import lipsync
+from vasa_jax.eval import lipsync, report
 
 JSON_NAME = "motion_lipsync.json"
 MD_NAME = "motion_lipsync.md"
@@ -479,20 +479,7 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
 # ------------------------------------------------------------------------------- writing
 
 
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return _jsonable(x.tolist())
-  if isinstance(x, (np.bool_,)):
-    return bool(x)
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, (float, np.floating)):
-    return float(x) if math.isfinite(x) else None
-  return x
+_jsonable = report.to_jsonable  # one JSON conversion for every eval command
 
 
 def _fmt(value, spec: str = "{:.3f}") -> str:

@@ -151,14 +151,14 @@ def group_means(rows: Sequence[dict], keys: Sequence[str]) -> dict:
 # Writing.
 
 
-def _jsonable(x):
+def to_jsonable(x):
   """Numpy -> Python, NaN/inf -> None (strict JSON)."""
   if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
+    return {str(k): to_jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
+    return [to_jsonable(v) for v in x]
   if isinstance(x, np.ndarray):
-    return _jsonable(x.tolist())
+    return to_jsonable(x.tolist())
   if isinstance(x, (np.bool_, bool)):
     return bool(x)
   if isinstance(x, (np.integer, int)):
@@ -338,7 +338,7 @@ def run(videos: Sequence, real: Sequence = (), out_dir=".", *, analyzer=None,
              "generated": generated, "real": real_rows, "mismatched": mismatched,
              "summary": summary}
   _write_atomic(os.path.join(out_dir, "metrics.json"),
-                json.dumps(_jsonable(metrics), indent=1, allow_nan=False))
+                json.dumps(to_jsonable(metrics), indent=1, allow_nan=False))
   _write_atomic(os.path.join(out_dir, "report.md"),
                 render_markdown(generated, real_rows, mismatched, summary))
   return metrics
