@@ -260,7 +260,8 @@ class Pipeline:
     """Streaming generation: yields (R, R, 3) uint8 frames as soon as they exist.
 
     Args:
-      image: portrait path or array.
+      image: portrait path or array, or a `Portrait` from `prepare_portrait` (a live session
+        prepares it before the audio starts).
       audio_chunks: an iterable of float32 16 kHz sample arrays (any chunk size), e.g. from a
         microphone; frames follow with a bounded delay of one window plus the audio encoder's
         look-ahead.
@@ -268,7 +269,7 @@ class Pipeline:
     """
     from vasa_jax.inference.streaming import MotionStream  # pylint: disable=import-outside-toplevel
 
-    portrait = self.prepare_portrait(image)
+    portrait = image if isinstance(image, Portrait) else self.prepare_portrait(image)
     da = int(self.motion_config.model.audio_width)
     stream = MotionStream(
         self.sample_window_fn(steps), self.motion_params, self._encode_audio,

@@ -161,6 +161,12 @@ class MotionStream:
     enc_end = self.frames_received if final else start + self.window + self.lookahead
     enc_end = min(enc_end, self.frames_received)
     buf = self._feats[enc_start - self._feat_start:enc_end - self._feat_start]
+    # The last window's buffer is short. Without look-ahead no output frame depends on later
+    # frames, so padding it keeps one compiled encoder shape (two with the first window) instead
+    # of compiling a new one for every clip length; with look-ahead the padding would leak in.
+    full = (start - enc_start) + self.window
+    if self.lookahead == 0 and buf.shape[0] < full:
+      buf = np.concatenate([buf, np.zeros((full - buf.shape[0],) + buf.shape[1:], buf.dtype)])
     feats = self._encode(self._params, jnp.asarray(buf)[None])[0]  # (n, Da)
     feats = feats[start - enc_start:end - enc_start]
     seg, mask = sampler_lib.pad_window(feats, 0, self.window)
