@@ -1,4 +1,4 @@
-"""Stage 1 through the shared training loop: resume, and a data x fsdp mesh vs one device."""
+"""Both stages through the shared training loop: resume, and a data x fsdp mesh vs one device."""
 import numpy as np
 import pytest
 
@@ -34,3 +34,14 @@ def test_stage1_data_fsdp_mesh_matches_one_device(full_run, tmp_path):
                        progress=False)
   assert sharded["step"] == 4
   np.testing.assert_allclose(sharded["loss"], full_run["loss"], rtol=2e-3)
+
+
+def test_stage2_stop_and_resume_continues_the_same_run(tmp_path):
+  cfg = load_config("configs/motion.py:tiny", [
+      "train.num_steps=4", "train.ckpt_every=2", "train.log_every=1",
+      "train.async_checkpoint=False", "mesh.shape.data=1"])
+  full = loop.train(cfg, tmp_path / "full", progress=False)
+  loop.train(cfg, tmp_path / "part", max_steps=2, progress=False)
+  resumed = loop.train(cfg, tmp_path / "part", progress=False)
+  assert resumed["step"] == full["step"] == 4
+  np.testing.assert_allclose(resumed["loss"], full["loss"], rtol=1e-4)
