@@ -43,24 +43,12 @@ def _fake_motion_dir(root, z_dyn_dim, weights):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   import jax
-  import jax.numpy as jnp
-  from vasa_jax.models import motion_dit
-  from vasa_jax.train import checkpoint, motion_task
+  from vasa_jax.inference.pipeline import init_motion_params
+  from vasa_jax.train import checkpoint
 
   config = load_config("configs/motion.py:tiny", ["data.val_persons=['p2']"])
   m = config.model
-  w, k, e = int(m.window), int(m.context), int(m.emotion_dim)
-  batch = {"motion": np.zeros((1, w, m.motion_dim), np.float32),
-           "motion_prev": np.zeros((1, k, m.motion_dim), np.float32),
-           "audio": np.zeros((1, w, 4, 80), np.float32),
-           "audio_prev": np.zeros((1, k, 4, 80), np.float32),
-           "has_prev": np.zeros((1,), bool), "gaze": np.zeros((1, 2), np.float32),
-           "distance": np.zeros((1, 1), np.float32), "emotion": np.zeros((1, e), np.float32),
-           "emotion_mask": np.zeros((1,), bool)}
-  cond = motion_task.batch_cond(batch, motion_task.full_masks(batch, w))
-  model = motion_dit.build_motion_model(config)
-  params = jax.jit(model.init)(jax.random.key(0), jnp.asarray(batch["motion"]),
-                               jnp.zeros((1,), jnp.int32), cond)["params"]
+  params = init_motion_params(config, jax.random.key(0))
   root = tmp_path_factory.mktemp("motion_lipsync")
   ckpt = checkpoint.export_params(params, config, root / "ckpt", dtype="float32")
   weights = np.random.default_rng(2).normal(0, 0.05, int(m.z_dyn_dim))

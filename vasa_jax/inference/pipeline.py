@@ -336,15 +336,23 @@ def init_random_params(latent_config, motion_config, seed: int = 0):
   """Randomly initialised (unboxed) stage 1 and stage 2 parameters, for tests and benchmarks."""
   # pylint: disable=import-outside-toplevel
   import flax.linen as nn
-  from vasa_jax.models import motion_dit
   from vasa_jax.models.face_model import FaceModel
-  from vasa_jax.train import motion_task
+  from vasa_jax.models.layers import fast_init_key
 
   r = int(latent_config.model.resolution)
   img = jnp.zeros((1, r, r, 3), jnp.float32)
-  from vasa_jax.models.layers import fast_init_key
   k_lat, k_mot = jax.random.split(fast_init_key(jax.random.key(seed)))
   latent_params = jax.jit(FaceModel(latent_config.model).init)(k_lat, img, img)["params"]
+  motion_params = init_motion_params(motion_config, k_mot)
+  return nn.unbox(latent_params), nn.unbox(motion_params)
+
+
+def init_motion_params(motion_config, rng):
+  """Randomly initialised (boxed) MotionModel parameters for a `configs/motion.py` config."""
+  # pylint: disable=import-outside-toplevel
+  from vasa_jax.models import motion_dit
+  from vasa_jax.train import motion_task
+
   m, e = motion_config.model, int(motion_config.model.emotion_dim)
   w, k = int(m.window), int(m.context)
   batch = {"motion": np.zeros((1, w, int(m.motion_dim)), np.float32),
@@ -356,9 +364,8 @@ def init_random_params(latent_config, motion_config, seed: int = 0):
            "emotion_mask": np.zeros((1,), bool)}
   cond = motion_task.batch_cond(batch, motion_task.full_masks(batch, w))
   model = motion_dit.build_motion_model(motion_config)
-  motion_params = jax.jit(model.init)(k_mot, jnp.asarray(batch["motion"]),
-                                      jnp.zeros((1,), jnp.int32), cond)["params"]
-  return nn.unbox(latent_params), nn.unbox(motion_params)
+  return jax.jit(model.init)(rng, jnp.asarray(batch["motion"]), jnp.zeros((1,), jnp.int32),
+                             cond)["params"]
 
 
 def random_pipeline(config, seed: int = 0, **kwargs) -> Pipeline:
