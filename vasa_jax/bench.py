@@ -52,7 +52,6 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   from vasa_jax.data import audio_features
   from vasa_jax.diffusion import sampler as sampler_lib
   from vasa_jax.inference import pipeline as pipeline_lib
-  from vasa_jax.inference.streaming import MotionStream
 
   config = config_utils.load_config(config_spec, overrides)
   t0 = time.perf_counter()
@@ -110,46 +109,22 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   render_flops = flops_of(pipe._render, *rargs)  # pylint: disable=protected-access
   add(f"decoder ({w} frames per call)", first, best, best / w, "s/frame", render_flops)
 
-  # End to end, offline: audio encoding, every window sampled and rendered (compiled already).
+  # End to end, offline and streaming: the pipeline's own paths, on the encoded portrait (no
+  # face detection), everything compiled by the calls above or by a first untimed run.
   def offline():
-    enc_audio = pipe._encode_audio(pipe.motion_params, feats)[0]  # pylint: disable=protected-access
-    c = sampler_lib.initial_carry(1, pipe.context, pipe.motion_dim, enc_audio.shape[-1])
-    frames = []
-    for i in range(sampler_lib.window_count(n_frames, w)):
-      s, m = sampler_lib.pad_window(enc_audio, i * w, w)
-      c, motion = pipe.sample_window_fn()(pipe.motion_params, c, s[None], m[None], controls,
-                                          jax.random.fold_in(jax.random.key(0), i), 0.5, 1.0)
-      k = min(w, n_frames - i * w)
-      frames.append(pipe.render_frames(portrait, pipe.denormalize(np.asarray(motion[0, :k]),
-                                                                  portrait)))
-    return np.concatenate(frames)
+    return pipe.generate(portrait, wav, gaze=(0.0, 0.0), distance=0.0, seed=0).frames
 
-  first, best, frames = time_fn(offline, repeats=1)
+  first, best, _ = time_fn(offline, repeats=1)
   offline_fps = n_frames / best
   add(f"end to end offline ({pipe.steps} steps)", first, best, best / n_frames, "s/frame")
 
-  # Streaming: 40 ms chunks fed as fast as they are consumed.
-  def streaming():
-    stream = MotionStream(pipe.sample_window_fn(), pipe.motion_params, pipe._encode_audio,  # pylint: disable=protected-access
-                          controls, jax.random.key(0), window=w, context=pipe.context,
-                          motion_dim=pipe.motion_dim, audio_dim=int(encoded.shape[-1]),
-                          receptive_past=pipe.audio_receptive_past,
-                          lookahead=pipe.audio_lookahead)
+  def streaming():  # 40 ms chunks fed as fast as they are consumed
+    chunks = (wav[i:i + 640] for i in range(0, wav.shape[0], 640))
     t_start, first_frame, count = time.perf_counter(), None, 0
-    chunk = 640
-    for i in range(0, wav.shape[0], chunk):
-      motion = stream.push(wav[i:i + chunk])
-      if motion.shape[0]:
-        out = pipe.render_frames(portrait, pipe.denormalize(motion, portrait))
-        if first_frame is None:
-          first_frame = time.perf_counter() - t_start
-        count += out.shape[0]
-    motion = stream.flush()
-    if motion.shape[0]:
-      out = pipe.render_frames(portrait, pipe.denormalize(motion, portrait))
+    for _ in pipe.stream(portrait, chunks, gaze=(0.0, 0.0), distance=0.0, seed=0):
       if first_frame is None:
         first_frame = time.perf_counter() - t_start
-      count += out.shape[0]
+      count += 1
     return first_frame, count / (time.perf_counter() - t_start)
 
   streaming()  # compiles the encoder's streaming shapes

@@ -175,19 +175,27 @@ def _chmod_umask(path: str) -> None:
   os.chmod(path, 0o666 & ~umask)
 
 
-def _write_atomic(path: str, text: str) -> None:
+def _write_atomic(path: str, write) -> None:
+  """Calls `write(tmp_path)` on a temporary file beside `path`, then renames it into place."""
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
                              suffix=".tmp")
+  os.close(fd)
   try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
+    write(tmp)
     _chmod_umask(tmp)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+  def write(tmp):
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+  _write_atomic(path, write)
 
 
 def _fmt(value, spec: str) -> str:
@@ -276,18 +284,7 @@ def plot_clip(result: dict, path: str) -> None:
   ax.legend(loc="upper right", fontsize=8)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                             suffix=".tmp")
-  os.close(fd)
-  try:
-    fig.savefig(tmp, format="png")
-    _chmod_umask(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def run(videos: Sequence, real: Sequence = (), out_dir=".", *, analyzer=None,
@@ -337,10 +334,10 @@ def run(videos: Sequence, real: Sequence = (), out_dir=".", *, analyzer=None,
   metrics = {"version": 1, "max_lag": max_lag, "max_seconds": max_seconds,
              "generated": generated, "real": real_rows, "mismatched": mismatched,
              "summary": summary}
-  _write_atomic(os.path.join(out_dir, "metrics.json"),
-                json.dumps(to_jsonable(metrics), indent=1, allow_nan=False))
-  _write_atomic(os.path.join(out_dir, "report.md"),
-                render_markdown(generated, real_rows, mismatched, summary))
+  _write_text_atomic(os.path.join(out_dir, "metrics.json"),
+                     json.dumps(to_jsonable(metrics), indent=1, allow_nan=False))
+  _write_text_atomic(os.path.join(out_dir, "report.md"),
+                     render_markdown(generated, real_rows, mismatched, summary))
   return metrics
 
 

@@ -203,7 +203,8 @@ class Pipeline:
     """Offline generation of a whole clip.
 
     Args:
-      image: portrait path or array (any size, RGB/RGBA/grey; EXIF rotation applied).
+      image: portrait path or array (any size, RGB/RGBA/grey; EXIF rotation applied), or a
+        `Portrait` from `prepare_portrait`.
       audio: speech path (wav/mp3/flac/m4a or a video's track) or a float array.
       gaze: (theta, phi) main gaze in radians, or None (dropped).
       distance: normalised head-to-camera distance (0 = training average) or None.
@@ -223,7 +224,7 @@ class Pipeline:
 
     t0 = time.perf_counter()
     wav = media.read_audio(audio, sr=16000, orig_sr=sample_rate or 16000)
-    portrait = self.prepare_portrait(image)
+    portrait = image if isinstance(image, Portrait) else self.prepare_portrait(image)
     t1 = time.perf_counter()
     num_frames = audio_features.frames_for_audio(wav.shape[0])
     feats = audio_features.log_mel(wav, num_frames=num_frames)  # (T, 4, 80)
