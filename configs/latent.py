@@ -47,6 +47,16 @@ def model_config(variant):
   m.groups = 4 if variant == "tiny" else 8  # GroupNorm groups
   m.spectral_norm = False
   m.weight_std = False  # weight standardisation in the generator convs (MegaPortraits)
+  # Warp the source image in 2D besides the volume (see `FaceDecoder`): sharp output after a
+  # short CPU run. The paper-scale `base` keeps MegaPortraits' pure volume rendering.
+  m.source_warp = variant == "demo"
+  # Five motion entries pinned to face-mesh labels (see vasa_jax/models/motion_labels.py), centred
+  # with statistics of ../shared/data's 32k preprocessed frames (`pipelines.label_stats` gives
+  # them for other data; MediaPipe's ratios vary little between talking-face sets).
+  m.label_motion = True
+  m.label_log_scale_mean = -1.323
+  m.label_mouth_mean = 0.0892
+  m.label_mouth_std = 0.0632
   return m
 
 
@@ -90,6 +100,10 @@ def get_config(arg=None):
   config.loss.contrastive = 0.5  # MegaPortraits cosine loss on motion descriptors
   config.loss.contrastive_s = 5.0
   config.loss.contrastive_m = 0.2
+  # The motion encoder's prediction of the labelled entries (model.label_motion), for frames
+  # without labels.
+  config.loss.pose_label = 1.0
+  config.loss.mouth_label = 1.0
   config.loss.gan_start_step = 0 if variant == "tiny" else 500
 
   config.optim = common.optim_config(lr=2e-4, min_lr=1e-6, b1=0.5, b2=0.999, weight_decay=1e-2,

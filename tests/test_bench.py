@@ -18,4 +18,11 @@ def test_bench_tiny_reports_every_part(tmp_path, capsys):
   assert result["offline_fps"] > 0 and result["stream_fps"] > 0
   assert result["stream_first_frame_compute_s"] > 0
   assert saved["device"].startswith("cpu")
+  # Streaming latency rows: the default (first window = W) and a short first window.
+  lat = {row["first_window"]: row for row in saved["stream_latency"]}
+  w = saved["window"]
+  assert sorted(lat) == [min(5, w), w] and "streaming, first window" in printed
+  assert lat[5]["audio_buffering_s"] < lat[w]["audio_buffering_s"] == saved[
+      "stream_audio_buffering_s"]
+  assert all(row["first_frame_compute_s"] > 0 for row in lat.values())
   assert all(r["time_s"] > 0 for r in saved["rows"])

@@ -134,3 +134,45 @@ def test_variant_sizes():
     counts[variant] = _count(shapes)
   assert counts["tiny"] < counts["demo"] < counts["base"]
   assert counts["tiny"] < 1e6 and counts["base"] > 2e7
+
+
+@pytest.fixture(scope="module")
+def tiny_source_warp():
+  cfg = latent.get_config("tiny").model
+  cfg.source_warp = True
+  model = FaceModel(cfg)
+  img = jax.random.uniform(jax.random.key(2), (B, 64, 64, 3), minval=-1, maxval=1)
+  variables = jax.jit(model.init)(_key(3), img, jnp.flip(img, axis=2))
+  return model, variables, img
+
+
+def test_source_warp_starts_as_a_copy_of_the_source(tiny_source_warp):
+  model, variables, img = tiny_source_warp
+  # Zero flows and the source's own pose: the warp is the identity, so the output is the
+  # source blended with 5% of G2D (mask bias sigmoid(3)).
+  out = model.apply(variables, img, img, method=FaceModel.reconstruct)
+  rgb_share = 1.0 - jax.nn.sigmoid(3.0)
+  assert float(jnp.abs(out - img).max()) <= 2.0 * rgb_share + 1e-5
+  assert float(jnp.abs(out - img).mean()) < float(jnp.abs(img).mean()) * 0.2
+
+
+def test_source_warp_follows_the_pose_and_keeps_the_render_path(tiny_source_warp):
+  model, variables, img = tiny_source_warp
+  s = model.apply(variables, img, method=FaceModel.encode)
+  v_can = model.apply(variables, s["v_app"], s["z_id"], s["z_pose"], s["z_dyn"], img,
+                      method=FaceModel.canonicalize)
+  assert set(v_can) == {"v", "coords", "image"}
+  # Shift the target right by tx = 0.25 (normalised units = 1/8 of the image width).
+  pose = s["z_pose"].at[:, 3].add(0.25)
+  frame = model.apply(variables, v_can, s["z_id"], pose, s["z_dyn"], method=FaceModel.render)
+  full = model.apply(variables, s["v_app"], s["z_id"], s["z_pose"], s["z_dyn"], pose,
+                     s["z_dyn"], img, method=FaceModel.decode)
+  np.testing.assert_allclose(frame, full, atol=1e-5)
+  shifted = jnp.roll(img, 8, axis=2)
+  inner = (slice(None), slice(8, -8), slice(16, -8))  # away from the zero-padded border
+  err_shift = float(jnp.abs(frame[inner] - shifted[inner]).mean())
+  err_still = float(jnp.abs(frame[inner] - img[inner]).mean())
+  assert err_shift < 0.5 * err_still
+  with pytest.raises(ValueError, match="src_img"):
+    model.apply(variables, s["v_app"], s["z_id"], s["z_pose"], s["z_dyn"],
+                method=FaceModel.canonicalize)

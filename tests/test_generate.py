@@ -77,6 +77,38 @@ def test_streaming_equals_offline(pipe, speech):
   assert (diff == 0).mean() > 0.999
 
 
+def test_streaming_short_first_window(pipe, speech):
+  wav = media.read_audio(speech)
+  first_window, fed = 3, [0]
+
+  def chunks():  # 40 ms chunks; `fed` counts the samples handed over so far
+    for i in range(0, len(wav), 640):
+      fed[0] = min(i + 640, len(wav))
+      yield wav[i:i + 640]
+
+  frames = pipe.stream(_astronaut(), chunks(), steps=2, seed=3, first_window=first_window)
+  first = next(frames)
+  fed_at_first = fed[0]
+  rest = list(frames)
+  # The first frame needs F + look-ahead frames (a frame's log-mel rows reach 176 samples past
+  # it), not a whole window.
+  need = (first_window + pipe.audio_lookahead) * 640 + 176
+  assert fed_at_first == -(-need // 640) * 640 < pipe.window * 640
+  assert first.shape == (pipe.resolution, pipe.resolution, 3)
+  assert 1 + len(rest) == int(np.ceil(1.3 * 25))
+
+
+def test_cli_stream_first_window(tiny_pipeline_dir, speech, tmp_path, capsys):
+  out = tmp_path / "s.mp4"
+  args = ["stream", "--checkpoint", str(tiny_pipeline_dir), "--audio", str(speech), "--out",
+          str(out), "--steps", "2"]
+  assert cli.main(args + ["--first-window", "0"]) == 2 and not out.exists()
+  assert "--first-window 0" in capsys.readouterr().err
+  assert cli.main(args + ["--first-window", "3"]) == 0
+  assert "120 ms of audio buffering (first window" in capsys.readouterr().out
+  assert media.read_video(out, fps=None).frames.shape[0] == int(np.ceil(1.3 * 25))
+
+
 def test_controls_change_motion(pipe, speech):
   base = pipe.generate(_astronaut(), speech, steps=2, seed=0)
   gazed = pipe.generate(_astronaut(), speech, steps=2, seed=0, gaze=(0.4, -0.3), distance=1.5,

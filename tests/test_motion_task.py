@@ -86,3 +86,15 @@ def test_make_dataset_gives_the_stage2_spec():
   w, k, dm = c.model.window, c.model.context, c.model.motion_dim
   assert batch["motion"].shape == (4, w, dm) and batch["audio_prev"].shape == (4, k, 4, 80)
   assert batch["has_prev"].dtype == bool
+
+
+def test_mouth_weight_emphasises_one_motion_entry():
+  import jax.numpy as jnp
+  from vasa_jax.train import motion_losses
+  target = jnp.zeros((2, 5, 4))
+  pred = target.at[:, :, 1].set(1.0)  # error only in entry 1
+  plain, _ = motion_losses.motion_loss(pred, target)
+  same, _ = motion_losses.motion_loss(pred, target, dim_weights=jnp.ones((4,)))
+  assert float(same) == pytest.approx(float(plain))
+  heavy, _ = motion_losses.motion_loss(pred, target, dim_weights=jnp.array([1.0, 5.0, 1.0, 1.0]))
+  assert float(heavy) == pytest.approx(float(plain) * 5.0 / 2.0)  # normalised by mean weight

@@ -30,10 +30,15 @@ def _assert_same_batches(a, b):
 def test_latent_element_spec(latent_config):
   batch = next(iter(pipelines.make_dataset(latent_config, "train", 0, 1)))
   r, b = latent_config.model.resolution, latent_config.train.batch_size
-  assert sorted(batch) == ["driver", "driver2", "other", "source"]
-  for v in batch.values():
-    assert v.shape == (b, r, r, 3) and v.dtype == np.uint8
+  images = ["driver", "driver2", "other", "source"]
+  assert sorted(batch) == sorted(images + ["labels_valid", "motion_labels"])
+  for k in images:
+    assert batch[k].shape == (b, r, r, 3) and batch[k].dtype == np.uint8
   assert not np.array_equal(batch["source"], batch["other"])
+  # Synthetic faces have no labels: zeros, marked invalid so the encoder's own motion is used.
+  assert batch["motion_labels"].shape == (b, 3, 5) and batch["labels_valid"].shape == (b, 3)
+  for k in ("motion_labels", "labels_valid"):
+    assert batch[k].dtype == np.float32 and not batch[k].any()
 
 
 def test_motion_element_spec(motion_config):

@@ -124,8 +124,15 @@ def test_latent_dataset_on_real_shards(prepared):
   config = _latent_config(prepared["root"] / "all")
   it = iter(pipelines.make_latent_dataset(config))
   batch = next(it)
-  assert _spec(batch) == {k: ((4, R, R, 3), np.dtype(np.uint8))
-                          for k in ("source", "driver", "driver2", "other")}
+  f32 = np.dtype(np.float32)
+  assert _spec(batch) == {**{k: ((4, R, R, 3), np.dtype(np.uint8))
+                             for k in ("source", "driver", "driver2", "other")},
+                          "motion_labels": ((4, 3, 5), f32), "labels_valid": ((4, 3), f32)}
+  # Real shards carry label vectors of source, driver, driver2, centred on the data set.
+  np.testing.assert_array_equal(batch["labels_valid"], 1.0)
+  labels = batch["motion_labels"]
+  assert np.all(np.abs(labels[..., :3]) < np.pi / 2) and np.all(np.abs(labels[..., 3]) < 0.5)
+  assert np.all(np.isfinite(labels)) and labels[..., 4].std() > 0
   synthetic = next(iter(pipelines.make_synthetic_latent_dataset(config)))
   assert _spec(synthetic) == _spec(batch)
   # Resuming from a saved state yields the same next batch.

@@ -210,3 +210,104 @@ def test_streaming_raw_samples_equal_offline(tiny_model):
   got.append(stream.flush())
   assert stream.frames_received == offline.shape[0]
   np.testing.assert_allclose(np.concatenate(got), offline, atol=1e-5)
+
+
+# -- streaming with a short first window (latency lever) ----------------------------------------
+
+
+def _stream_frames(stream, feats):
+  """Pushes feature frames one at a time: (outputs, frames received when each was non-empty)."""
+  got, arrivals = [], []
+  for t in range(feats.shape[0]):
+    out = stream.push(feats[t:t + 1])
+    if len(out):
+      got.append(out)
+      arrivals.append((stream.frames_received, len(out)))
+  got.append(stream.flush())
+  return np.concatenate(got), arrivals
+
+
+@pytest.mark.parametrize("first_window", [2, 5])  # below and above the context K = 3
+def test_short_first_window_leaves_early_and_covers_the_audio(tiny_model, first_window):
+  c, model, params, window_fn, encode_fn = tiny_model
+  w, lookahead = c.model.window, model.audio_encoder.lookahead
+  t_total = 2 * w + 5
+  feats = np.asarray(jax.random.normal(jax.random.key(4), (t_total, 4, 80))) * 2 - 5
+  controls = S.make_controls(c.model.emotion_dim)
+  stream = MotionStream(window_fn, params, encode_fn, controls, jax.random.key(1),
+                        first_window=first_window, **_stream_kwargs(c, model))
+  motion, arrivals = _stream_frames(stream, feats)
+  # The first F frames leave once F + lookahead frames of audio exist (not W + lookahead), then
+  # a full window every W frames.
+  assert arrivals[0] == (first_window + lookahead, first_window)
+  assert arrivals[1] == (first_window + w + lookahead, w)
+  assert motion.shape == (t_total, c.model.motion_dim) and np.isfinite(motion).all()
+
+
+@pytest.mark.parametrize("first_window", [None, 8])  # 8 = W: the same windows as the default
+def test_full_first_window_still_equals_offline(tiny_model, first_window):
+  c, model, params, window_fn, encode_fn = tiny_model
+  w = c.model.window
+  assert w == 8
+  feats = np.asarray(jax.random.normal(jax.random.key(6), (2 * w + 3, 4, 80))) * 2 - 5
+  controls = S.make_controls(c.model.emotion_dim, gaze=(0.1, 0.0))
+  rng = jax.random.key(9)
+  offline = S.sample_sequence(window_fn, params, feats, controls, rng, window=w,
+                              context=c.model.context, motion_dim=c.model.motion_dim,
+                              encode_fn=encode_fn)
+  stream = MotionStream(window_fn, params, encode_fn, controls, rng, first_window=first_window,
+                        **_stream_kwargs(c, model))
+  motion, arrivals = _stream_frames(stream, feats)
+  assert arrivals[0] == (w + model.audio_encoder.lookahead, w)
+  np.testing.assert_allclose(motion, offline, atol=1e-5)
+
+
+def test_short_first_window_compiles_nothing_new(tiny_model):
+  c, model, params, window_fn, encode_fn = tiny_model
+  w, lookahead = c.model.window, model.audio_encoder.lookahead
+  feats = np.asarray(jax.random.normal(jax.random.key(8), (3 * w + 1, 4, 80))) * 2 - 5
+  controls = S.make_controls(c.model.emotion_dim)
+
+  def run(first_window):
+    lengths = []
+
+    def encode(p, x):  # records each encoder buffer length
+      lengths.append(x.shape[1])
+      return encode_fn(p, x)
+
+    stream = MotionStream(window_fn, params, encode, controls, jax.random.key(0),
+                          first_window=first_window, **_stream_kwargs(c, model))
+    _stream_frames(stream, feats)
+    return lengths
+
+  run(None)
+  compiled = window_fn._cache_size()  # pylint: disable=protected-access
+  lengths = run(2)
+  assert window_fn._cache_size() == compiled == 1  # pylint: disable=protected-access
+  # Every buffer but a look-ahead stream's last one has one length, the short first one included.
+  steady = model.audio_encoder.receptive_past + lookahead + w + lookahead
+  assert set(lengths[:-1]) == {steady}
+
+
+@pytest.mark.parametrize("first_window", [1, 2, 3, 5])  # K = 3
+def test_short_first_window_continues_from_the_emitted_frames(first_window):
+  delta = 0.05
+  fn = S.make_sample_window(_ramp_denoiser(delta), _config(5, "ddpm"))
+  encode = jax.jit(lambda p, x: x.reshape(x.shape[:2] + (-1,))[..., :DA])  # (1, T, DA)
+  stream = MotionStream(fn, None, encode, _controls(), jax.random.key(0), window=W, context=K,
+                        motion_dim=DM, audio_dim=DA, receptive_past=0,
+                        first_window=first_window)
+  t_total = 2 * W + 5
+  motion, _ = _stream_frames(stream, np.zeros((t_total, 4, 80), np.float32))
+  # One continuous ramp: window 1 continues from frame F - 1, not from the first window's
+  # unemitted tail (frame W - 1), also when F < K.
+  assert motion.shape == (t_total, DM)
+  np.testing.assert_allclose(motion[0], delta, atol=1e-5)
+  np.testing.assert_allclose(np.diff(motion, axis=0), delta, atol=1e-4)
+
+
+@pytest.mark.parametrize("first_window", [0, W + 1])
+def test_first_window_out_of_range_is_refused(first_window):
+  with pytest.raises(ValueError, match="first_window"):
+    MotionStream(None, None, None, _controls(), jax.random.key(0), window=W, context=K,
+                 motion_dim=DM, audio_dim=DA, receptive_past=0, first_window=first_window)

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("stream", help="generate from audio fed in chunks, as a live source would")
   _add_generation_args(p)
   p.add_argument("--chunk-ms", type=float, default=80.0, help="audio chunk length (ms)")
+  p.add_argument("--first-window", type=int, default=None, metavar="N",
+                 help="emit the first N frames after N frames of audio instead of a whole "
+                 "window (1..W; default: W); later windows still need W frames each")
 
   p = sub.add_parser("reenact", help="source portrait driven by a video's pose and expressions")
   p.add_argument("--checkpoint", required=True, help="stage 1 workdir or export")
@@ -116,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", default="configs/demo.py:demo")
   p.add_argument("--checkpoint", help="pipeline directory (default: random weights)")
   p.add_argument("--seconds", type=float, default=4.0, help="audio length to generate")
+  p.add_argument("--first-window", type=int, default=5, metavar="N",
+                 help="streaming latency is also measured with a short first window of N "
+                 "frames (default: %(default)s = 200 ms of audio)")
   p.add_argument("--out", help="JSON output path")
   return parser
 
@@ -190,6 +196,6 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
   if cmd == "bench":
     from vasa_jax import bench
     bench.run(args.config, overrides, checkpoint=args.checkpoint, seconds=args.seconds,
-              out=args.out)
+              out=args.out, first_window=args.first_window)
     return 0
   raise AssertionError(cmd)

@@ -45,6 +45,21 @@ def generator_params(params):
   return params["gen"] if "gen" in params else params
 
 
+def pin_labels(model_config, rec: dict, z_pose: np.ndarray, z_dyn: np.ndarray):
+  """The motion stage 1 trained its decoder on: with `label_motion`, the labelled entries of
+  (z_pose (T, 6), z_dyn (T, Zd)) come from the record's face-mesh labels where they exist."""
+  z_pose, z_dyn = np.array(z_pose, np.float32), np.array(z_dyn, np.float32)
+  if not model_config.get("label_motion", False) or "head_pose" not in rec:
+    return z_pose, z_dyn
+  from vasa_jax.models import motion_labels  # pylint: disable=import-outside-toplevel
+  labels, valid = motion_labels.motion_labels(rec["head_pose"], rec["face_scale"],
+                                              rec["mouth_open"], model_config)
+  ok = valid > 0
+  z_pose[np.ix_(ok, motion_labels.POSE_INDEX)] = labels[ok, :4]
+  z_dyn[ok, 0] = labels[ok, 4]
+  return z_pose, z_dyn
+
+
 def make_motion_encoder(model, params, batch: int):
   """A jitted function (n, R, R, 3) uint8 -> (z_pose (n, 6), z_dyn (n, Dz)), in fixed batches."""
   from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
@@ -108,7 +123,8 @@ def extract_motion(latent_checkpoint, shards, out, *, batch: int = 32,
     rec = src.read(entry, decode_frames=True)
     frames = _resize(rec.pop("frames"), resolution)
     rec.pop("frames_jpeg", None)
-    rec["z_pose"], rec["z_dyn"] = (a.astype(np.float32) for a in encode(frames))
+    z_pose, z_dyn = encode(frames)
+    rec["z_pose"], rec["z_dyn"] = pin_labels(config.model, rec, z_pose, z_dyn)
     name = f"motion-{len(dst.clips):05d}.array_record"
     records.write_shard(out / records.SHARD_DIR / name, [rec])
     dst.clips.append({k: v for k, v in entry.items() if k not in ("shard", "record")}

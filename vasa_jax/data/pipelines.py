@@ -21,6 +21,9 @@ cross-identity loss then degenerates into a mirror-consistency loss, which is th
 data set allows). With `config.data.augment`, one colour jitter is applied to source, driver and
 driver2 alike (a per-sample colour change, so the model cannot carry colour through the motion
 codes) and the drivers get a small random scale/shift.
+Each element also carries `motion_labels` (3, 5) float32, the label vectors of source, driver and
+driver2 (`vasa_jax.models.motion_labels`: head pose, log face scale, mouth opening; the drivers'
+scale includes their random zoom), and `labels_valid` (3,) float32 (zeros for synthetic data).
 
 Stage 2 (`make_motion_dataset`): element index -> (clip, window start) over windows of W frames
 (starts 0, K, K + W/2, ...; all but the first jittered by up to W/2 frames). The first window of
@@ -345,8 +348,11 @@ def colour_jitter(frames: np.ndarray, rng: np.random.Generator, strength: float 
 
 
 def scale_shift(frame: np.ndarray, rng: np.random.Generator, max_scale: float = 0.06,
-                max_shift: float = 0.04) -> np.ndarray:
-  """A small random zoom and translation of one (H, W, 3) uint8 frame (edges replicated)."""
+                max_shift: float = 0.04, return_zoom: bool = False):
+  """A small random zoom and translation of one (H, W, 3) uint8 frame (edges replicated).
+
+  Returns the frame, or (frame, zoom factor) with `return_zoom`.
+  """
   h, w = frame.shape[:2]
   s = 1.0 + rng.uniform(-max_scale, max_scale)
   dx, dy = rng.uniform(-max_shift, max_shift, 2) * (w, h)
@@ -357,8 +363,34 @@ def scale_shift(frame: np.ndarray, rng: np.random.Generator, max_scale: float = 
   ph, pw = max(2, int(0.15 * h)), max(2, int(0.15 * w))
   padded = np.pad(frame, ((ph, ph), (pw, pw), (0, 0)), mode="edge")
   coeffs = (coeffs[0], 0, coeffs[2] + pw, 0, coeffs[4], coeffs[5] + ph)
-  out = Image.fromarray(padded).transform((w, h), Image.AFFINE, coeffs, Image.BILINEAR)
-  return np.asarray(out, np.uint8)
+  out = np.asarray(Image.fromarray(padded).transform((w, h), Image.AFFINE, coeffs,
+                                                     Image.BILINEAR), np.uint8)
+  return (out, s) if return_zoom else out
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelStats:
+  """Data-set statistics that centre the label vectors (`config.model.label_*`)."""
+  log_scale_mean: float = 0.0
+  mouth_mean: float = 0.0
+  mouth_std: float = 1.0
+
+
+def label_stats(clips) -> LabelStats:
+  """`LabelStats` of the frames of `clips` (a ClipSource; reads each record once, no frames).
+
+  `configs/latent.py` holds these for ../shared/data; recompute them for a new data set.
+  """
+  log_scale, mouth = [], []
+  for k in range(len(clips)):
+    rec = clips[k]
+    log_scale.append(np.log(np.maximum(np.asarray(rec["face_scale"], np.float64), 1e-6)))
+    mouth.append(np.asarray(rec["mouth_open"], np.float64))
+  log_scale, mouth = np.concatenate(log_scale), np.concatenate(mouth)
+  log_scale, mouth = log_scale[np.isfinite(log_scale)], mouth[np.isfinite(mouth)]
+  if not log_scale.size or not mouth.size:
+    return LabelStats()
+  return LabelStats(float(log_scale.mean()), float(mouth.mean()), float(max(mouth.std(), 1e-6)))
 
 
 @dataclasses.dataclass
@@ -368,6 +400,21 @@ class _LatentElement:
   offsets: np.ndarray  # (num_clips + 1,) cumulative frame counts
   resolution: int
   augment: bool
+  label_cfg: object = None  # config.model with label_* statistics; None: no labels (synthetic)
+
+  def _frames_and_labels(self, k: int, indices: list[int]):
+    """Frames (n, R, R, 3) uint8, label vectors (n, 5) and valid (n,) of frames `indices`."""
+    from vasa_jax.models import motion_labels  # pylint: disable=import-outside-toplevel
+    n = len(indices)
+    if self.label_cfg is None:
+      zeros = np.zeros((n, motion_labels.LABEL_DIM), np.float32)
+      return self.clips.frames(k, indices), zeros, np.zeros((n,), np.float32)
+    rec = self.clips[k]
+    idx = np.asarray(indices, np.int64)
+    labels, valid = motion_labels.motion_labels(
+        np.asarray(rec["head_pose"])[idx], np.asarray(rec["face_scale"])[idx],
+        np.asarray(rec["mouth_open"])[idx], self.label_cfg)
+    return records.decode_frames(rec, indices), labels, valid
 
   def __call__(self, index, rng: np.random.Generator) -> dict:
     index = int(index)
@@ -377,14 +424,16 @@ class _LatentElement:
     d = d2 = f
     if n > 1:  # drivers differ from the source frame
       d, d2 = [int(x) + (int(x) >= f) for x in rng.integers(0, n - 1, 2)]
-    src, drv, drv2 = self.clips.frames(k, [f, d, d2])
+    (src, drv, drv2), labels, valid = self._frames_and_labels(k, [f, d, d2])
     other = self._other(k, rng)
     imgs = _resize(np.stack([src, drv, drv2, other]), self.resolution)
     if self.augment:
       imgs[:3] = colour_jitter(imgs[:3], rng)
-      imgs[1] = scale_shift(imgs[1], rng)
-      imgs[2] = scale_shift(imgs[2], rng)
-    return {"source": imgs[0], "driver": imgs[1], "driver2": imgs[2], "other": imgs[3]}
+      imgs[1], zoom1 = scale_shift(imgs[1], rng, return_zoom=True)
+      imgs[2], zoom2 = scale_shift(imgs[2], rng, return_zoom=True)
+      labels[1:, 3] += valid[1:] * np.log([zoom1, zoom2]).astype(np.float32)  # face zoomed
+    return {"source": imgs[0], "driver": imgs[1], "driver2": imgs[2], "other": imgs[3],
+            "motion_labels": labels, "labels_valid": valid}
 
   def _other(self, k: int, rng: np.random.Generator) -> np.ndarray:
     entries = self.clips.entries
@@ -534,7 +583,12 @@ def _latent_parts(config, split: str, synthetic: bool | None):
     clips = ClipSource(index, entries=_split_entries(index, config, split))
   counts = np.array([e["frames"] for e in clips.entries], np.int64)
   offsets = np.concatenate([[0], np.cumsum(counts)])
-  make = _LatentElement(clips, offsets, resolution, bool(config.data.get("augment", False)))
+  label_cfg = None
+  if isinstance(clips, ClipSource) and config.model.get("label_motion", False):
+    from vasa_jax.models import layers  # pylint: disable=import-outside-toplevel
+    label_cfg = layers.as_face_config(config.model)
+  make = _LatentElement(clips, offsets, resolution, bool(config.data.get("augment", False)),
+                        label_cfg)
   return make, int(offsets[-1])
 
 

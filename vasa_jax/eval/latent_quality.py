@@ -216,7 +216,7 @@ def make_pair_evaluator(model):
     z_pose, z_dyn = apply(params, jnp.concatenate([d, o]), method=FaceModel.encode_motion)
     two = lambda x: jnp.concatenate([x, x])  # noqa: E731
     out = apply(params, two(lat["v_app"]), two(lat["z_id"]), two(lat["z_pose"]),
-                two(lat["z_dyn"]), z_pose, z_dyn, method=FaceModel.decode)
+                two(lat["z_dyn"]), z_pose, z_dyn, two(s), method=FaceModel.decode)
     # Judge what a viewer gets: the rendering as it is written to uint8.
     out = jnp.clip(out, -1.0, 1.0)  # (2B, R, R, 3)
     recon, cross = out[:b], out[b:]

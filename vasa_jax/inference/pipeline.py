@@ -45,10 +45,28 @@ class GenerationResult:
 class Portrait:
   """A portrait encoded once: the crop, its canonical volume and its own latents."""
   crop: np.ndarray  # (R, R, 3) uint8
-  v_can: jax.Array  # (1, D, S, S, C)
+  v_can: Any  # (1, D, S, S, C), or a dict of such leaves (`FaceDecoder.canonicalize`)
   z_id: jax.Array  # (1, Zi)
   z_pose: jax.Array  # (1, 6)
   z_dyn: jax.Array  # (1, Zd)
+
+
+def portrait_labels(landmarks: np.ndarray, resolution: int, face_cfg):
+  """Label vector (1, 5) and valid (1,) of one crop's (478, 3) landmarks (crop pixels); valid
+  is 0 for a model without `label_motion`."""
+  # pylint: disable=import-outside-toplevel
+  from vasa_jax.data import face_labels
+  from vasa_jax.models import motion_labels
+  if not face_cfg.label_motion:
+    return (np.zeros((1, motion_labels.LABEL_DIM), np.float32), np.zeros((1,), np.float32))
+  lab = face_labels.label_clip(np.asarray(landmarks, np.float32)[None], resolution)
+  return motion_labels.motion_labels(lab["head_pose"], lab["face_scale"], lab["mouth_open"],
+                                     face_cfg)
+
+
+def broadcast_batch(tree, n: int):
+  """Repeats every leaf of a batch-1 pytree (a portrait's v_can, z_id) to batch n."""
+  return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:]), tree)
 
 
 def parse_emotion(emotion, emotion_dim: int) -> np.ndarray | None:
@@ -89,7 +107,7 @@ class Pipeline:
                *, steps: int | None = None, pose_mode: str = "relative"):
     # pylint: disable=import-outside-toplevel
     from vasa_jax.diffusion import sampler as sampler_lib
-    from vasa_jax.models import motion_dit
+    from vasa_jax.models import layers, motion_dit, motion_labels
     from vasa_jax.models.face_model import FaceModel
 
     if pose_mode not in ("relative", "absolute"):
@@ -113,6 +131,8 @@ class Pipeline:
     self._sampler_lib = sampler_lib
 
     self.face_model = FaceModel(latent_config.model)
+    face_cfg = layers.as_face_config(latent_config.model)
+    self._face_cfg = face_cfg
     self.motion_model = motion_dit.build_motion_model(motion_config)
     self._denoise_fn, encode_fn = motion_dit.make_apply_fns(self.motion_model)
     self.audio_receptive_past = int(self.motion_model.audio_encoder.receptive_past)
@@ -122,17 +142,20 @@ class Pipeline:
     face = self.face_model
 
     @jax.jit
-    def encode_portrait(params, img):  # (1, R, R, 3) uint8
+    def encode_portrait(params, img, labels, valid):  # (1, R, R, 3) uint8, (1, 5), (1,)
       x = img.astype(jnp.float32) / 127.5 - 1.0
       lat = face.apply({"params": params}, x, method=FaceModel.encode)
-      v_can = face.apply({"params": params}, lat["v_app"], lat["z_id"], lat["z_pose"],
-                         lat["z_dyn"], method=FaceModel.canonicalize)
-      return v_can, lat["z_id"], lat["z_pose"], lat["z_dyn"]
+      z_pose, z_dyn = lat["z_pose"], lat["z_dyn"]
+      if face_cfg.label_motion:  # as in training: the face mesh's pose and mouth
+        z_pose, z_dyn = motion_labels.apply_motion_labels(z_pose, z_dyn, labels, valid)
+      v_can = face.apply({"params": params}, lat["v_app"], lat["z_id"], z_pose, z_dyn, x,
+                         method=FaceModel.canonicalize)
+      return v_can, lat["z_id"], z_pose, z_dyn
 
     @jax.jit
     def render(params, v_can, z_id, z_pose, z_dyn):  # (1, ...) portrait, (n, 6), (n, Zd)
       n = z_pose.shape[0]
-      v = jnp.broadcast_to(v_can, (n,) + v_can.shape[1:])
+      v = broadcast_batch(v_can, n)
       zi = jnp.broadcast_to(z_id, (n,) + z_id.shape[1:])
       img = face.apply({"params": params}, v, zi, z_pose, z_dyn, method=FaceModel.render)
       return jnp.clip(jnp.round((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
@@ -166,9 +189,11 @@ class Pipeline:
     if source is None:
       source = str(image) if isinstance(image, (str, os.PathLike)) else "<array>"
     img = media.read_image(image)
-    crop = face_crop.crop_image(img, self.resolution, source=source).image
-    v_can, z_id, z_pose, z_dyn = self._encode_portrait(self.latent_params, crop[None])
-    return Portrait(crop=crop, v_can=v_can, z_id=z_id, z_pose=z_pose, z_dyn=z_dyn)
+    face = face_crop.crop_image(img, self.resolution, source=source)
+    labels, valid = portrait_labels(face.landmarks, self.resolution, self._face_cfg)
+    v_can, z_id, z_pose, z_dyn = self._encode_portrait(self.latent_params, face.image[None],
+                                                       labels, valid)
+    return Portrait(crop=face.image, v_can=v_can, z_id=z_id, z_pose=z_pose, z_dyn=z_dyn)
 
   def denormalize(self, motion: np.ndarray, portrait: Portrait) -> np.ndarray:
     """Normalised sampler output (T, Dm) -> [z_pose, z_dyn] the decoder takes."""
@@ -257,7 +282,7 @@ class Pipeline:
 
   def stream(self, image, audio_chunks: Iterable, *, gaze=None, distance=None, emotion=None,
              cfg_audio: float = 0.5, cfg_gaze: float = 1.0, steps: int | None = None,
-             seed: int = 0) -> Iterator[np.ndarray]:
+             seed: int = 0, first_window: int | None = None) -> Iterator[np.ndarray]:
     """Streaming generation: yields (R, R, 3) uint8 frames as soon as they exist.
 
     Args:
@@ -266,7 +291,12 @@ class Pipeline:
       audio_chunks: an iterable of float32 16 kHz sample arrays (any chunk size), e.g. from a
         microphone; frames follow with a bounded delay of one window plus the audio encoder's
         look-ahead.
-      Other arguments as in `generate`; the same seed gives the same frames as `generate`.
+      first_window: latency lever: the first frames leave after this many frames of audio
+        (1..W) instead of a whole window; later windows still need W frames each, so a player
+        that must not stall waits once after them. None (default) = W, and then the same seed
+        gives the same frames as `generate`; otherwise the window boundaries differ. See
+        `vasa_jax.inference.streaming`.
+      Other arguments as in `generate`.
     """
     from vasa_jax.inference.streaming import MotionStream  # pylint: disable=import-outside-toplevel
 
@@ -277,7 +307,7 @@ class Pipeline:
         self.controls(gaze, distance, emotion), jax.random.key(seed), window=self.window,
         context=self.context, motion_dim=self.motion_dim, audio_dim=da,
         receptive_past=self.audio_receptive_past, lookahead=self.audio_lookahead,
-        cfg_audio=cfg_audio, cfg_gaze=cfg_gaze)
+        cfg_audio=cfg_audio, cfg_gaze=cfg_gaze, first_window=first_window)
 
     def emit(motion):
       if motion.shape[0]:

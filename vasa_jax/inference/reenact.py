@@ -10,50 +10,65 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from vasa_jax.inference.pipeline import broadcast_batch
+
 
 def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndarray, *,
-                   relative: bool = False, batch: int = 16) -> np.ndarray:
+                   relative: bool = False, batch: int = 16, source_labels=None,
+                   driver_labels=None) -> np.ndarray:
   """Renders (T, R, R, 3) uint8 frames of the source driven by `driver_crops` (T, R, R, 3).
 
   With `relative`, the driver's motion is applied as an offset from its first frame to the
   source's own pose and dynamics (keeps the source's framing and resting expression).
+  `source_labels` ((1, 5), (1,)) and `driver_labels` ((T, 5), (T,)) are (labels, valid) of
+  `motion_labels` for a model with `label_motion` (None: the encoder's own motion).
   """
+  from vasa_jax.models import motion_labels as ml  # pylint: disable=import-outside-toplevel
   from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
 
   to_float = lambda x: x.astype(jnp.float32) / 127.5 - 1.0
+  n_drv = driver_crops.shape[0]
+  none = lambda n: (np.zeros((n, ml.LABEL_DIM), np.float32), np.zeros((n,), np.float32))  # noqa: E731
+  source_labels = none(1) if source_labels is None else source_labels
+  driver_labels = none(n_drv) if driver_labels is None else driver_labels
 
   @jax.jit
-  def encode_source(params, img):
+  def encode_source(params, img, labels, valid):
     lat = model.apply({"params": params}, to_float(img), method=FaceModel.encode)
-    v_can = model.apply({"params": params}, lat["v_app"], lat["z_id"], lat["z_pose"],
-                        lat["z_dyn"], method=FaceModel.canonicalize)
-    return v_can, lat["z_id"], lat["z_pose"], lat["z_dyn"]
+    z_pose, z_dyn = ml.apply_motion_labels(lat["z_pose"], lat["z_dyn"], labels, valid)
+    v_can = model.apply({"params": params}, lat["v_app"], lat["z_id"], z_pose, z_dyn,
+                        to_float(img), method=FaceModel.canonicalize)
+    return v_can, lat["z_id"], z_pose, z_dyn
 
-  @jax.jit
-  def drive(params, v_can, z_id, imgs, offset_pose, offset_dyn):
+  def encode_driver(params, imgs, labels, valid):
     z_pose, z_dyn = model.apply({"params": params}, to_float(imgs),
                                 method=FaceModel.encode_motion)
+    return ml.apply_motion_labels(z_pose, z_dyn, labels, valid)
+
+  @jax.jit
+  def drive(params, v_can, z_id, imgs, labels, valid, offset_pose, offset_dyn):
+    z_pose, z_dyn = encode_driver(params, imgs, labels, valid)
     n = imgs.shape[0]
-    out = model.apply({"params": params}, jnp.broadcast_to(v_can, (n,) + v_can.shape[1:]),
-                      jnp.broadcast_to(z_id, (n,) + z_id.shape[1:]), z_pose + offset_pose,
+    out = model.apply({"params": params}, broadcast_batch(v_can, n),
+                      broadcast_batch(z_id, n), z_pose + offset_pose,
                       z_dyn + offset_dyn, method=FaceModel.render)
     return jnp.clip(jnp.round((out + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
-  v_can, z_id, z_pose_s, z_dyn_s = encode_source(params, source_crop[None])
+  v_can, z_id, z_pose_s, z_dyn_s = encode_source(params, source_crop[None], *source_labels)
   if relative:
-    z_pose_d0, z_dyn_d0 = jax.jit(lambda p, x: model.apply(
-        {"params": p}, to_float(x), method=FaceModel.encode_motion))(params, driver_crops[:1])
+    z_pose_d0, z_dyn_d0 = jax.jit(encode_driver)(params, driver_crops[:1], driver_labels[0][:1],
+                                                 driver_labels[1][:1])
     off_pose, off_dyn = z_pose_s - z_pose_d0, z_dyn_s - z_dyn_d0
   else:
     off_pose, off_dyn = jnp.zeros_like(z_pose_s), jnp.zeros_like(z_dyn_s)
   n = driver_crops.shape[0]
   out = []
   for start in tqdm(range(0, n, batch), desc="reenact", unit="batch"):
-    chunk = driver_crops[start:start + batch]
-    m = chunk.shape[0]
+    parts = [a[start:start + batch] for a in (driver_crops, *driver_labels)]
+    m = parts[0].shape[0]
     if m < batch:  # one compiled shape
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - m, 0)])
-    out.append(np.asarray(drive(params, v_can, z_id, chunk, off_pose, off_dyn))[:m])
+      parts = [np.concatenate([a, np.repeat(a[-1:], batch - m, 0)]) for a in parts]
+    out.append(np.asarray(drive(params, v_can, z_id, *parts, off_pose, off_dyn))[:m])
   return np.concatenate(out)
 
 
@@ -64,12 +79,24 @@ def reenact(checkpoint, source, driving, out, *, relative: bool = False) -> str:
   from vasa_jax.data import face_crop, media
   from vasa_jax.data.extract_motion import load_face_model
 
+  from vasa_jax.data import face_labels
+  from vasa_jax.models import layers, motion_labels as ml
+  from vasa_jax.inference.pipeline import portrait_labels
+
   config, model, params = load_face_model(checkpoint)
   r = int(config.model.resolution)
-  src = face_crop.crop_image(media.read_image(source), r, source=str(source)).image
+  face_cfg = layers.as_face_config(config.model)
+  src = face_crop.crop_image(media.read_image(source), r, source=str(source))
   video = media.read_video(driving, fps=25.0, max_side=640)
-  drv = face_crop.crop_clip(video.frames, r, source=str(driving), progress=True).frames
-  frames = reenact_frames(model, params, src, drv, relative=relative)
+  drv = face_crop.crop_clip(video.frames, r, source=str(driving), progress=True)
+  src_labels = drv_labels = None
+  if face_cfg.label_motion:  # the face mesh's pose and mouth, as in training
+    src_labels = portrait_labels(src.landmarks, r, face_cfg)
+    lab = face_labels.label_clip(np.asarray(drv.landmarks, np.float32), r)
+    drv_labels = ml.motion_labels(lab["head_pose"], lab["face_scale"], lab["mouth_open"],
+                                  face_cfg)
+  frames = reenact_frames(model, params, src.image, drv.frames, relative=relative,
+                          source_labels=src_labels, driver_labels=drv_labels)
   media.write_video(out, frames, fps=25.0, audio=video.audio, sr=16000)
   print(f"Wrote {out}: {len(frames)} frames")
   return str(out)

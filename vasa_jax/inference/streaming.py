@@ -16,6 +16,16 @@ same per-window keys fold_in(rng, i), same encoder features) while audio arrives
   masked) and trimmed, exactly as offline.
 
 Latency: W + lookahead frames of audio (plus one frame for raw samples) and the sampling time.
+
+`first_window=F` (1 <= F <= W; None = W, the offline windows above) is a latency lever: window 0
+leaves as soon as F + lookahead frames exist. It is sampled like the last, partial window of a clip
+(W frames, audio past F masked; training masks such tails too, `p_truncate_audio`) and only its
+first F frames are emitted; later windows cover [F + (i - 1) W, F + i W) and are conditioned on the
+last K frames actually emitted. Only the first frame gets earlier: window 1 still needs W more
+frames of audio, so a player that must not stall still waits W - F frames once, after the first F.
+The output then differs from offline generation (other window boundaries), not its shapes: every
+window is sampled at W frames and every encoder buffer is padded to one length, so the lever
+compiles nothing new.
 """
 from __future__ import annotations
 
@@ -49,18 +59,22 @@ class MotionStream:
     receptive_past: past frames that influence one encoder output frame.
     lookahead: future frames that influence one encoder output frame.
     cfg_audio, cfg_gaze: guidance scales.
+    first_window: frames emitted by the first window (None = W; see the module docstring).
   """
 
   def __init__(self, sample_window_fn: Callable, params, encode_fn: Callable, controls: dict,
                rng: jax.Array, *, window: int, context: int, motion_dim: int, audio_dim: int,
                receptive_past: int, lookahead: int = 0, cfg_audio: float = 0.5,
-               cfg_gaze: float = 1.0):
+               cfg_gaze: float = 1.0, first_window: int | None = None):
+    first_window = window if first_window is None else int(first_window)
+    if not 1 <= first_window <= window:
+      raise ValueError(f"first_window must be in [1, {window}] (the window W), got {first_window}")
     self._sample_window = sample_window_fn
     self._params = params
     self._encode = encode_fn
     self._controls = controls
     self._rng = rng
-    self.window, self.context = window, context
+    self.window, self.context, self.first_window = window, context, first_window
     self.receptive_past, self.lookahead = receptive_past, lookahead
     # The encoder shifts its input left by `lookahead` frames before its causal stack, so a
     # buffer needs receptive_past + lookahead frames before the first frame whose features it
@@ -74,6 +88,7 @@ class MotionStream:
     self._sample_start = 0  # absolute sample index of self._samples[0]
     self._frames_from_samples = 0
     self._next_window = 0
+    self._next_start = 0  # absolute first frame of the next window
     self._flushed = False
 
   @property
@@ -98,7 +113,7 @@ class MotionStream:
       raise ValueError(f"push expects (n, {ROWS_PER_FRAME}, {N_MELS}) feature frames or (n,) "
                        f"samples, got {audio.shape}")
     out = []
-    while self._next_window * self.window + self.window + self.lookahead <= self.frames_received:
+    while self._next_start + self._window_len() + self.lookahead <= self.frames_received:
       out.append(self._emit(final=False))
     return self._join(out)
 
@@ -110,7 +125,7 @@ class MotionStream:
       self._add_samples(np.zeros((0,), np.float32), final=True)
     self._flushed = True
     out = []
-    while self._next_window * self.window < self.frames_received:
+    while self._next_start < self.frames_received:
       out.append(self._emit(final=True))
     if not out and self._next_window == 0:  # empty stream: offline gives (0, Dm) too
       return self._join([])
@@ -153,38 +168,69 @@ class MotionStream:
     self._samples = self._samples[keep_from - self._sample_start:]
     self._sample_start = keep_from
 
-  def _emit(self, final: bool) -> np.ndarray:
-    i = self._next_window
-    start = i * self.window
-    end = min(start + self.window, self.frames_received)
+  def _window_len(self) -> int:
+    """Frames the next window emits when complete: F for window 0, W after."""
+    return self.first_window if self._next_window == 0 else self.window
+
+  def _encoded_window(self, start: int, end: int, final: bool) -> jax.Array:
+    """Encoded audio of frames [start, end), (end - start, Da), as offline encoding gives it."""
     enc_start = max(0, start - self._left)
-    enc_end = self.frames_received if final else start + self.window + self.lookahead
+    enc_end = self.frames_received if final else end + self.lookahead
     enc_end = min(enc_end, self.frames_received)
-    buf = self._feats[enc_start - self._feat_start:enc_end - self._feat_start]
-    # The last window's buffer is short. Without look-ahead no output frame depends on later
-    # frames, so padding it keeps one compiled encoder shape (two with the first window) instead
-    # of compiling a new one for every clip length; with look-ahead the padding would leak in.
-    full = (start - enc_start) + self.window
-    if self.lookahead == 0 and buf.shape[0] < full:
+    buf = self._feats[enc_start - self._feat_start:enc_end - self._feat_start]  # (n, 4, 80)
+    # Output frame t sees input frames up to t + lookahead, so once those exist for every frame
+    # we keep, zeros after them change nothing we keep: pad every such buffer to the longest
+    # one, so all windows (a short first one, the early ones that start before `_left`, a last
+    # one without look-ahead) share one compiled encoder shape instead of one per clip length.
+    # A last window with look-ahead lacks its frames' future, where offline sees zeros *after*
+    # the encoder's input layer, so padding the input would leak in; it stays short.
+    full = self._left + self.window + self.lookahead
+    if enc_end >= end + self.lookahead and buf.shape[0] < full:
       buf = np.concatenate([buf, np.zeros((full - buf.shape[0],) + buf.shape[1:], buf.dtype)])
     feats = self._encode(self._params, jnp.asarray(buf)[None])[0]  # (n, Da)
-    feats = feats[start - enc_start:end - enc_start]
-    seg, mask = sampler_lib.pad_window(feats, 0, self.window)
+    return feats[start - enc_start:end - enc_start]
+
+  def _emit(self, final: bool) -> np.ndarray:
+    i, start = self._next_window, self._next_start
+    end = min(start + self._window_len(), self.frames_received)
+    feats = self._encoded_window(start, end, final)  # (m, Da)
+    seg, mask = sampler_lib.pad_window(feats, 0, self.window)  # (W, Da), (W,)
     self._carry, motion = self._sample_window(
         self._params, self._carry, seg[None], mask[None], self._controls,
         jax.random.fold_in(self._rng, i), *self._cfg)
+    motion = np.asarray(motion[0, :end - start])  # (m, Dm)
+    if end - start < self.window:
+      # The sampler's carry holds the window's last K of W frames; after a short first window
+      # most of those were never emitted, so continue from the frames that were.
+      self._carry = self._carry_from(motion, np.asarray(seg))
     self._next_window += 1
+    self._next_start = end
     # Keep only the feature frames later windows can still need.
-    drop = max(0, (i + 1) * self.window - self._left) - self._feat_start
+    drop = max(0, end - self._left) - self._feat_start
     if drop > 0:
       self._feats = self._feats[drop:]
       self._feat_start += drop
-    return np.asarray(motion[0, :end - start])
+    return motion
+
+  def _carry_from(self, motion: np.ndarray, audio: np.ndarray) -> dict:
+    """The carry after emitting `motion` (m, Dm) with encoded audio `audio` (>= m, Da).
+
+    Shapes and dtypes match the sampler's own carry, so the next window reuses its compiled
+    code. With m < K there is no K-frame past: the first frame is repeated before it (a still
+    head before the stream started), which keeps the next window continuous, where dropping
+    the context (`has_prev` False, as training does that close to a clip start) would not.
+    """
+    m = motion.shape[0]
+    idx = np.clip(np.arange(m - self.context, m), 0, None)  # (K,) last K, first one repeated
+    return {"motion_prev": jnp.asarray(motion[idx][None]),  # (1, K, Dm)
+            "audio_prev": jnp.asarray(audio[idx][None]),  # (1, K, Da)
+            "has_prev": jnp.ones((1,), bool)}
 
 
 def make_stream(model, params, config, controls: dict, rng: jax.Array, *,
                 steps: int | None = None, sampler: str | None = None,
-                sample_window_fn: Callable | None = None) -> MotionStream:
+                sample_window_fn: Callable | None = None,
+                first_window: int | None = None) -> MotionStream:
   """A `MotionStream` for a `MotionModel` and its config (guidance scales from the config).
 
   Args:
@@ -195,6 +241,7 @@ def make_stream(model, params, config, controls: dict, rng: jax.Array, *,
     rng: the sequence seed.
     steps, sampler: override config.diffusion.sample_steps / sampler.
     sample_window_fn: reuse an existing jitted window sampler (avoids a recompile).
+    first_window: frames emitted by the first window (None = W; see the module docstring).
 
   Returns:
     The stream.
@@ -209,4 +256,5 @@ def make_stream(model, params, config, controls: dict, rng: jax.Array, *,
                       context=m.context, motion_dim=m.motion_dim, audio_dim=m.audio_width,
                       receptive_past=model.audio_encoder.receptive_past,
                       lookahead=model.audio_encoder.lookahead,
-                      cfg_audio=config.diffusion.cfg_audio, cfg_gaze=config.diffusion.cfg_gaze)
+                      cfg_audio=config.diffusion.cfg_audio, cfg_gaze=config.diffusion.cfg_gaze,
+                      first_window=first_window)

@@ -5,7 +5,7 @@ stage-1 task, motion extraction and inference use.
     params = model.init(rng, src, drv)["params"]
     lat = model.apply({"params": params}, portrait, method=FaceModel.encode)
     v_can = model.apply({"params": params}, lat["v_app"], lat["z_id"], lat["z_pose"],
-                        lat["z_dyn"], method=FaceModel.canonicalize)       # once per portrait
+                        lat["z_dyn"], portrait, method=FaceModel.canonicalize)  # once
     img = model.apply({"params": params}, v_can, lat["z_id"], z_pose_t, z_dyn_t,
                       method=FaceModel.render)                               # per frame
 """
@@ -63,17 +63,21 @@ class FaceModel(nn.Module):
     """z_id (B, Zi) of `img`, without building the volume."""
     return self.encoder.encode_identity(img)
 
-  def canonicalize(self, v_app, z_id, z_pose_src, z_dyn_src) -> jax.Array:
-    """Source latents -> canonical volume v_can (B, D, S, S, Cv). See `FaceDecoder`."""
-    return self.decoder.canonicalize(v_app, z_id, z_pose_src, z_dyn_src)
+  def canonicalize(self, v_app, z_id, z_pose_src, z_dyn_src, src_img=None):
+    """Source latents -> canonical volume v_can (B, D, S, S, Cv), or with
+    `config.source_warp` a dict that also holds the source image `src_img` (B, R, R, 3).
+    See `FaceDecoder`."""
+    return self.decoder.canonicalize(v_app, z_id, z_pose_src, z_dyn_src, src_img)
 
   def render(self, v_can, z_id, z_pose_tgt, z_dyn_tgt) -> jax.Array:
     """Canonical volume + target motion -> image (B, R, R, 3) in [-1, 1]."""
     return self.decoder.render(v_can, z_id, z_pose_tgt, z_dyn_tgt)
 
-  def decode(self, v_app, z_id, z_pose_src, z_dyn_src, z_pose_tgt, z_dyn_tgt) -> jax.Array:
-    """Both warps and the renderer in one call: (B, R, R, 3) in [-1, 1]."""
-    return self.decoder(v_app, z_id, z_pose_src, z_dyn_src, z_pose_tgt, z_dyn_tgt)
+  def decode(self, v_app, z_id, z_pose_src, z_dyn_src, z_pose_tgt, z_dyn_tgt,
+             src_img=None) -> jax.Array:
+    """Both warps and the renderer in one call: (B, R, R, 3) in [-1, 1]. `src_img` (B, R, R, 3)
+    is the image the source latents came from (needed with `config.source_warp`)."""
+    return self.decoder(v_app, z_id, z_pose_src, z_dyn_src, z_pose_tgt, z_dyn_tgt, src_img)
 
   def reconstruct(self, src: jax.Array, drv: jax.Array) -> jax.Array:
     """Reenactment: the appearance of `src` with the pose and dynamics of `drv`.
@@ -85,7 +89,7 @@ class FaceModel(nn.Module):
     """
     s = self.encode(src)
     z_pose_d, z_dyn_d = self.encoder.encode_motion(drv)
-    return self.decode(s["v_app"], s["z_id"], s["z_pose"], s["z_dyn"], z_pose_d, z_dyn_d)
+    return self.decode(s["v_app"], s["z_id"], s["z_pose"], s["z_dyn"], z_pose_d, z_dyn_d, src)
 
   def __call__(self, src: jax.Array, drv: jax.Array) -> jax.Array:
     """`reconstruct`; used by `init` because it touches every submodule."""

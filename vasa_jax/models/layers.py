@@ -309,6 +309,16 @@ class FaceConfig:
   groups: int = 4
   spectral_norm: bool = False
   weight_std: bool = False
+  # Warp the source image itself in 2D (flow projected from the 3D warps) and let G2D paint
+  # only what the warp cannot show (an occlusion mask blends the two). Not in MegaPortraits:
+  # it makes small, briefly trained models sharp (see `FaceDecoder`).
+  source_warp: bool = False
+  # Pin z_pose angles / log scale and z_dyn[0] (mouth) to face-mesh labels where a frame has them
+  # (`vasa_jax.models.motion_labels`), centred with these data-set statistics.
+  label_motion: bool = False
+  label_log_scale_mean: float = 0.0
+  label_mouth_mean: float = 0.0
+  label_mouth_std: float = 1.0
 
   @property
   def stem_factor(self) -> int:

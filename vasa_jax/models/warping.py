@@ -121,6 +121,28 @@ def _sample_one(vol: jax.Array, coords: jax.Array) -> jax.Array:
   return out.reshape(*out_shape, c)
 
 
+def warp_grid(z_pose: jax.Array, flow: jax.Array | None, shape: tuple[int, int, int],
+              inverse: bool) -> jax.Array:
+  """Rigid grid plus the residual flow: (B, D, H, W, 3) sampling points (see `warp_volume`)."""
+  grid = rigid_grid(z_pose, *shape, inverse=inverse)
+  if flow is not None:
+    grid = grid + flow.astype(jnp.float32)
+  return grid
+
+
+def bilinear_sample(image: jax.Array, coords: jax.Array) -> jax.Array:
+  """Bilinear interpolation of images at `coords` (x, y) in [-1, 1], zero outside.
+
+  Args:
+    image: (B, H, W, C).
+    coords: (B, H', W', 2).
+  Returns:
+    (B, H', W', C) in the image's dtype.
+  """
+  xyz = jnp.concatenate([coords, jnp.zeros_like(coords[..., :1])], axis=-1)  # z = 0: one slice
+  return trilinear_sample(image[:, None], xyz[:, None])[:, 0]
+
+
 def warp_volume(volume: jax.Array, z_pose: jax.Array, flow: jax.Array | None,
                 inverse: bool) -> jax.Array:
   """Rigid pose warp plus an optional residual flow.
@@ -133,11 +155,7 @@ def warp_volume(volume: jax.Array, z_pose: jax.Array, flow: jax.Array | None,
   Returns:
     (B, D, H, W, C) warped volume.
   """
-  _, d, h, w, _ = volume.shape
-  grid = rigid_grid(z_pose, d, h, w, inverse=inverse)
-  if flow is not None:
-    grid = grid + flow.astype(jnp.float32)
-  return trilinear_sample(volume, grid)
+  return trilinear_sample(volume, warp_grid(z_pose, flow, volume.shape[1:4], inverse))
 
 
 class FlowGenerator(nn.Module):

@@ -1,5 +1,6 @@
 """Stage-1 losses: reconstruction (L1, pyramid L1, SSIM, optional VGG19), GAN (hinge, feature
 matching), VASA-1 transfer consistency and cross-identity, MegaPortraits contrastive cosine loss.
+(The label losses of the pinned motion entries are in `vasa_jax.models.motion_labels`.)
 
 All losses take images as float NHWC in [-1, 1] and return float32 scalars. None needs downloaded
 weights except the optional VGG19 perceptual loss (`load_vgg19`), whose weights the user converts

@@ -20,6 +20,7 @@ import optax
 
 from vasa_jax.errors import VasaInputError
 from vasa_jax.models import layers
+from vasa_jax.models import motion_labels
 from vasa_jax.models.discriminator import Discriminator
 from vasa_jax.models.face_model import FaceModel
 from vasa_jax.train import latent_losses as L
@@ -28,7 +29,9 @@ from vasa_jax.train.state import TrainState
 
 IMAGE_KEYS = ("source", "driver", "driver2", "other")
 _WEIGHTS = ("l1", "pyramid", "ssim", "vgg", "adversarial", "feature_matching", "consistency",
-            "cross_id", "contrastive")
+            "cross_id", "contrastive", "pose_label", "mouth_label")
+# Label vectors of source, driver, driver2 (`vasa_jax.data.pipelines`); optional in a batch.
+LABEL_KEYS = ("motion_labels", "labels_valid")
 
 
 def to_float_image(x: jax.Array) -> jax.Array:
@@ -121,7 +124,8 @@ class LatentTask:
 
     Args:
       gen_params, disc_params: parameters.
-      imgs: float images in [-1, 1], keys `IMAGE_KEYS`, each (B, R, R, 3).
+      imgs: float images in [-1, 1], keys `IMAGE_KEYS`, each (B, R, R, 3), plus
+        `motion_labels` (B, 3, 5) and `labels_valid` (B, 3) when the batch has them.
       gan_on: () float32, 1 once the GAN terms are active.
     Returns:
       (loss, (metrics, fakes)) with fakes (recon, cross), each (B, R, R, 3).
@@ -138,18 +142,22 @@ class LatentTask:
                               method=FaceModel.encode_motion)
     split = lambda x: jnp.split(x, x.shape[0] // b, axis=0)  # noqa: E731
     v, zi, zp, zd = split(v_app), split(z_id), split(z_pose), split(z_dyn)
+    m = {}
+    if all(k in imgs for k in LABEL_KEYS):
+      zp, zd, m["pose_label"], m["mouth_label"] = self._labelled_motion(
+          zp, zd, imgs["motion_labels"], imgs["labels_valid"])
     # (v_app, z_id, pose_src, dyn_src, pose_tgt, dyn_tgt) per rendering; i = driver, j = driver2.
-    rows = [(v[0], zi[0], zp[0], zd[0], zp[1], zd[1]),  # recon
-            (v[0], zi[0], zp[0], zd[0], zp[2], zd[2])]  # cross
+    # The last column is the image the appearance came from (the decoder's source warp).
+    rows = [(v[0], zi[0], zp[0], zd[0], zp[1], zd[1], src),  # recon
+            (v[0], zi[0], zp[0], zd[0], zp[2], zd[2], src)]  # cross
     if cons:
-      rows += [(v[2], zi[2], zp[3], zd[3], zp[1], zd[3]),  # cons_a: appearance of j
-               (v[1], zi[1], zp[1], zd[1], zp[1], zd[3])]  # cons_b: appearance of i
+      rows += [(v[2], zi[2], zp[3], zd[3], zp[1], zd[3], drv2),  # cons_a: appearance of j
+               (v[1], zi[1], zp[1], zd[1], zp[1], zd[3], drv)]  # cons_b: appearance of i
     out = self._gen(gen_params, *[cat(list(col)) for col in zip(*rows)],
                     method=FaceModel.decode)
     outs = split(out)
     recon, cross = outs[0], outs[1]
 
-    m = {}
     m["l1"] = L.l1_loss(recon, drv)
     m["pyramid"] = L.pyramid_l1_loss(recon, drv)
     m["ssim"] = L.ssim_loss(recon, drv)
@@ -181,6 +189,29 @@ class LatentTask:
     m["loss"] = loss
     return loss, (m, (recon, cross))
 
+  def _labelled_motion(self, zp: list, zd: list, labels: jax.Array, valid: jax.Array):
+    """Label losses of the encoder's predictions, then (with `model.label_motion`) the labelled
+    entries of source, driver and driver2 (zp/zd parts 0, 1, 3) set to the labels.
+
+    Args:
+      zp, zd: per-role lists of (B, 6) / (B, Zd) (source, driver, other[, driver2]).
+      labels: (B, 3, 5) of source, driver, driver2; valid: (B, 3).
+    Returns:
+      (zp, zd, pose loss, mouth loss).
+    """
+    roles = [0, 1] + ([3] if len(zp) > 3 else [])  # parts holding source, driver, driver2
+    cat = lambda xs: jnp.concatenate(xs, axis=0)  # noqa: E731
+    lab = cat([labels[:, i] for i in range(len(roles))])  # (nB, 5)
+    ok = cat([valid[:, i] for i in range(len(roles))])  # (nB,)
+    pose_loss, mouth_loss = motion_labels.label_loss(cat([zp[r] for r in roles]),
+                                                     cat([zd[r] for r in roles]), lab, ok)
+    if self.face_cfg.label_motion:
+      zp, zd = list(zp), list(zd)
+      for i, r in enumerate(roles):
+        zp[r], zd[r] = motion_labels.apply_motion_labels(zp[r], zd[r], labels[:, i],
+                                                         valid[:, i])
+    return zp, zd, pose_loss, mouth_loss
+
   def discriminator_loss(self, disc_params, imgs: dict, fakes) -> jax.Array:
     """Hinge loss of D on reals (driver, other) vs fakes (recon, cross, gradients stopped)."""
     real = [imgs["driver"], imgs["other"]]
@@ -203,6 +234,7 @@ class LatentTask:
     """
     del rng
     imgs = {k: to_float_image(batch[k]) for k in IMAGE_KEYS}
+    imgs.update({k: jnp.asarray(batch[k], jnp.float32) for k in LABEL_KEYS if k in batch})
     params, opt = state.params, state.opt_state
     gan_on = (state.step >= self.gan_start).astype(jnp.float32)
 

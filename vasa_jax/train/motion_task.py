@@ -101,7 +101,17 @@ class MotionTask:
     x0 = jnp.asarray(batch["motion"], jnp.float32)
     pred = self.model.apply({"params": params}, x_t, t, batch_cond(batch, masks))
     return motion_losses.motion_loss(pred, x0, x0_weight=self.config.loss.x0,
-                                     velocity_weight=self.config.loss.velocity)
+                                     velocity_weight=self.config.loss.velocity,
+                                     dim_weights=self._dim_weights())
+
+  def _dim_weights(self):
+    """(Dm,) loss weights: `loss.mouth` on z_dyn[0] (the mouth opening when stage 1 pins it to
+    labels, `model.label_motion`), 1 elsewhere; None when uniform."""
+    mouth = float(self.config.loss.get("mouth", 1.0))
+    if mouth == 1.0:
+      return None
+    m = self.config.model
+    return jnp.ones((m.motion_dim,), jnp.float32).at[m.z_pose_dim].set(mouth)
 
   def train_step(self, state: TrainState, batch, rng):
     """One AdamW step on the diffusion loss; returns (state, metrics with "loss")."""
