@@ -133,6 +133,9 @@ def test_latent_dataset_on_real_shards(prepared):
   labels = batch["motion_labels"]
   assert np.all(np.abs(labels[..., :3]) < np.pi / 2) and np.all(np.abs(labels[..., 3]) < 0.5)
   assert np.all(np.isfinite(labels)) and labels[..., 4].std() > 0
+  # The statistics that centre them (configs/latent.py holds those of ../shared/data).
+  stats = pipelines.label_stats(pipelines.ClipSource(prepared["root"] / "all"))
+  assert np.isfinite(stats.log_scale_mean) and stats.mouth_std > 0
   synthetic = next(iter(pipelines.make_synthetic_latent_dataset(config)))
   assert _spec(synthetic) == _spec(batch)
   # Resuming from a saved state yields the same next batch.

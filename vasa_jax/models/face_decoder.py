@@ -95,7 +95,6 @@ def flow_width(cfg: layers.FaceConfig) -> int:
 
 # Source warp: the occlusion mask starts at sigmoid(3) = 0.95, i.e. (almost) the warped source.
 _MASK_BIAS = 3.0
-_COORD_CHANNELS = 4  # (x, y, z) source coordinates and an inside-the-volume weight
 
 
 class FaceDecoder(nn.Module):
