@@ -18,6 +18,8 @@ ROWS_PER_FRAME = SAMPLES_PER_FRAME // MEL_HOP  # 4
 Z_POSE_DIM = 6
 
 VARIANTS = ("tiny", "demo", "base")
+# People of ../shared/data the demo never trains on (clean lip sync): both stages hold them out.
+DEMO_VAL_PERSONS = ("bob_menendez", "aoc", "bill_skarsgard")
 
 # Logical parameter/activation names -> mesh axes. Weights are sharded over `fsdp` along their
 # largest "embed"-like dimension and over `tensor` along heads/mlp/channels.

@@ -77,8 +77,7 @@ def get_config(arg=None):
   config.data.synthetic_frames = 16
   # Persons held out of training (validation). The demo keeps three people of ../shared/data
   # out (their clips have clean lip sync), so quality is measured on unseen identities.
-  config.data.val_persons = (["bob_menendez", "aoc", "bill_skarsgard"] if variant == "demo"
-                             else [])
+  config.data.val_persons = list(common.DEMO_VAL_PERSONS) if variant == "demo" else []
   config.data.val_fraction_persons = 0.0  # or a share of persons, chosen deterministically
   config.data.worker_count = 0
   config.data.shuffle_seed = 0

@@ -37,8 +37,7 @@ def get_config(arg=None):
   config.data.synthetic = bool(arg.synthetic or variant == "tiny")
   config.data.synthetic_clips = 8
   config.data.synthetic_frames = 64
-  config.data.val_persons = (["bob_menendez", "aoc", "bill_skarsgard"] if variant == "demo"
-                             else [])
+  config.data.val_persons = list(common.DEMO_VAL_PERSONS) if variant == "demo" else []
   config.data.worker_count = 0
   config.data.shuffle_seed = 0
   config.data.window = s["window"]  # W frames generated per window

@@ -165,6 +165,14 @@ def tiny_model():
   return c, model, params, S.make_sample_window(denoise_fn, c), jax.jit(encode_fn)
 
 
+def _offline(tiny_model, feats, controls, rng):
+  """Offline motion for feature frames (T, 4, 80): the reference every stream must match."""
+  c, _, params, window_fn, encode_fn = tiny_model
+  return S.sample_sequence(window_fn, params, feats, controls, rng, window=c.model.window,
+                           context=c.model.context, motion_dim=c.model.motion_dim,
+                           encode_fn=encode_fn)
+
+
 def _stream_kwargs(c, model):
   return dict(window=c.model.window, context=c.model.context, motion_dim=c.model.motion_dim,
               audio_dim=c.model.audio_width, receptive_past=model.audio_encoder.receptive_past,
@@ -177,9 +185,7 @@ def test_streaming_feature_frames_equal_offline(tiny_model):
   feats = np.asarray(jax.random.normal(jax.random.key(3), (2 * w + 5, 4, 80))) * 2 - 5
   controls = S.make_controls(c.model.emotion_dim, gaze=(0.0, 0.0))
   rng = jax.random.key(11)
-  offline = S.sample_sequence(window_fn, params, feats, controls, rng, window=w,
-                              context=c.model.context, motion_dim=c.model.motion_dim,
-                              encode_fn=encode_fn)
+  offline = _offline(tiny_model, feats, controls, rng)
   stream = MotionStream(window_fn, params, encode_fn, controls, rng, **_stream_kwargs(c, model))
   got, sizes = [], []
   for lo, hi in [(0, 5), (5, w + 1), (w + 1, w + 2), (w + 2, 2 * w + 2), (2 * w + 2, 2 * w + 5)]:
@@ -201,9 +207,7 @@ def test_streaming_raw_samples_equal_offline(tiny_model):
   samples = (0.1 * rng_np.standard_normal(n)).astype(np.float32)
   controls = S.make_controls(c.model.emotion_dim)
   rng = jax.random.key(2)
-  offline = S.sample_sequence(window_fn, params, log_mel(samples), controls, rng,
-                              window=c.model.window, context=c.model.context,
-                              motion_dim=c.model.motion_dim, encode_fn=encode_fn)
+  offline = _offline(tiny_model, log_mel(samples), controls, rng)
   stream = make_stream(model, params, c, controls, rng, sample_window_fn=window_fn)
   cuts = [0, 1000, 1001, 7000, 11000, n]
   got = [stream.push(samples[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
@@ -252,9 +256,7 @@ def test_full_first_window_still_equals_offline(tiny_model, first_window):
   feats = np.asarray(jax.random.normal(jax.random.key(6), (2 * w + 3, 4, 80))) * 2 - 5
   controls = S.make_controls(c.model.emotion_dim, gaze=(0.1, 0.0))
   rng = jax.random.key(9)
-  offline = S.sample_sequence(window_fn, params, feats, controls, rng, window=w,
-                              context=c.model.context, motion_dim=c.model.motion_dim,
-                              encode_fn=encode_fn)
+  offline = _offline(tiny_model, feats, controls, rng)
   stream = MotionStream(window_fn, params, encode_fn, controls, rng, first_window=first_window,
                         **_stream_kwargs(c, model))
   motion, arrivals = _stream_frames(stream, feats)

@@ -45,7 +45,7 @@ def flops_of(jitted, *args) -> float | None:
 
 
 def stream_latency(pipe, portrait, wav: np.ndarray, first_window: int | None = None, *,
-                   repeats: int = 3, fps: float = 25.0) -> dict:
+                   repeats: int = 3) -> dict:
   """Streaming first-frame latency and sustained rate for one `first_window` setting.
 
   40 ms chunks are fed as fast as they are consumed, so the measured first-frame time is compute
@@ -68,9 +68,8 @@ def stream_latency(pipe, portrait, wav: np.ndarray, first_window: int | None = N
   first_frame_s, stream_fps = one(False)
   for _ in range(repeats - 1):  # the first frame is short and noisy on a shared CPU: best of
     first_frame_s = min(first_frame_s, one(True)[0])
-  frames = first_window or pipe.window
-  buffering_s = (frames + pipe.audio_lookahead) / fps
-  return {"first_window": frames, "audio_buffering_s": buffering_s,
+  buffering_s = pipe.stream_buffering_s(first_window)
+  return {"first_window": first_window or pipe.window, "audio_buffering_s": buffering_s,
           "first_frame_compute_s": first_frame_s,
           "first_frame_latency_s": buffering_s + first_frame_s, "stream_fps": stream_fps}
 
@@ -88,6 +87,7 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   from vasa_jax.data import audio_features
   from vasa_jax.diffusion import sampler as sampler_lib
   from vasa_jax.inference import pipeline as pipeline_lib
+  from vasa_jax.models import motion_labels
 
   config = config_utils.load_config(config_spec, overrides)
   t0 = time.perf_counter()
@@ -108,7 +108,7 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
 
   # Portrait: encoder + canonical volume (once per clip). Random pixels: no face detection here.
   img = jnp.asarray(rng.integers(0, 255, (1, r, r, 3), dtype=np.uint8))
-  pargs = (pipe.latent_params, img, jnp.zeros((1, 5), jnp.float32), jnp.ones((1,), jnp.float32))
+  pargs = (pipe.latent_params, img, *map(jnp.asarray, motion_labels.no_labels(1)))
   first, best, enc = time_fn(pipe._encode_portrait, *pargs, repeats=repeats)  # pylint: disable=protected-access
   add("portrait encode + canonicalize", first, best, best, "s/clip",
       flops_of(pipe._encode_portrait, *pargs))  # pylint: disable=protected-access

@@ -48,16 +48,15 @@ def generator_params(params):
 def pin_labels(model_config, rec: dict, z_pose: np.ndarray, z_dyn: np.ndarray):
   """The motion stage 1 trained its decoder on: with `label_motion`, the labelled entries of
   (z_pose (T, 6), z_dyn (T, Zd)) come from the record's face-mesh labels where they exist."""
-  z_pose, z_dyn = np.array(z_pose, np.float32), np.array(z_dyn, np.float32)
+  z_pose, z_dyn = np.asarray(z_pose, np.float32), np.asarray(z_dyn, np.float32)
   if not model_config.get("label_motion", False) or "head_pose" not in rec:
     return z_pose, z_dyn
   from vasa_jax.models import motion_labels  # pylint: disable=import-outside-toplevel
   labels, valid = motion_labels.motion_labels(rec["head_pose"], rec["face_scale"],
                                               rec["mouth_open"], model_config)
-  ok = valid > 0
-  z_pose[np.ix_(ok, motion_labels.POSE_INDEX)] = labels[ok, :4]
-  z_dyn[ok, 0] = labels[ok, 4]
-  return z_pose, z_dyn
+  z_pose, z_dyn = motion_labels.apply_motion_labels(
+      *(jnp.asarray(a) for a in (z_pose, z_dyn, labels, valid)))
+  return np.asarray(z_pose, np.float32), np.asarray(z_dyn, np.float32)
 
 
 def make_motion_encoder(model, params, batch: int):
@@ -83,7 +82,8 @@ def make_motion_encoder(model, params, batch: int):
   return run
 
 
-def _resize(frames: np.ndarray, resolution: int) -> np.ndarray:
+def resize_frames(frames: np.ndarray, resolution: int) -> np.ndarray:
+  """(T, H, H, 3) uint8 -> (T, R, R, 3), LANCZOS (returned as is at R)."""
   if frames.shape[1] == resolution:
     return frames
   from PIL import Image  # pylint: disable=import-outside-toplevel
@@ -121,7 +121,7 @@ def extract_motion(latent_checkpoint, shards, out, *, batch: int = 32,
   bar = tqdm(todo, desc="extract-motion", unit="clip", disable=not progress)
   for entry in bar:
     rec = src.read(entry, decode_frames=True)
-    frames = _resize(rec.pop("frames"), resolution)
+    frames = resize_frames(rec.pop("frames"), resolution)
     rec.pop("frames_jpeg", None)
     z_pose, z_dyn = encode(frames)
     rec["z_pose"], rec["z_dyn"] = pin_labels(config.model, rec, z_pose, z_dyn)

@@ -405,10 +405,8 @@ class _LatentElement:
   def _frames_and_labels(self, k: int, indices: list[int]):
     """Frames (n, R, R, 3) uint8, label vectors (n, 5) and valid (n,) of frames `indices`."""
     from vasa_jax.models import motion_labels  # pylint: disable=import-outside-toplevel
-    n = len(indices)
     if self.label_cfg is None:
-      zeros = np.zeros((n, motion_labels.LABEL_DIM), np.float32)
-      return self.clips.frames(k, indices), zeros, np.zeros((n,), np.float32)
+      return (self.clips.frames(k, indices), *motion_labels.no_labels(len(indices)))
     rec = self.clips[k]
     idx = np.asarray(indices, np.int64)
     labels, valid = motion_labels.motion_labels(

@@ -129,15 +129,6 @@ def _val_persons(config, index: records.ClipIndex, val_persons) -> tuple[list[st
   return sorted(p for p in wanted if p in known), sorted(p for p in wanted if p not in known)
 
 
-def _resize(frames: np.ndarray, resolution: int) -> np.ndarray:
-  if frames.shape[1] == resolution and frames.shape[2] == resolution:
-    return frames
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  return np.stack([np.asarray(Image.fromarray(f).resize((resolution, resolution),
-                                                        Image.Resampling.LANCZOS))
-                   for f in frames])
-
-
 def plan_pairs(chosen: Sequence[dict], frames_per_clip: int) -> list[tuple]:
   """Deterministic evaluation pairs over the chosen clips.
 
@@ -185,10 +176,10 @@ def _load_images(index: records.ClipIndex, chosen: Sequence[dict], pairs: Sequen
       return records.decode_frames(rec, [mirror_of])[0][:, ::-1]
     return records.decode_frames(rec, [f])[0]
 
-  src = np.stack([frame(k, s) for k, s, _, _, _ in pairs])
-  drv = np.stack([frame(k, d) for k, _, d, _, _ in pairs])
-  oth = np.stack([frame(j, f, mirror_of=d) for _, _, d, j, f in pairs])
-  return tuple(_resize(x, resolution) for x in (src, drv, oth))
+  from vasa_jax.data.extract_motion import resize_frames  # pylint: disable=import-outside-toplevel
+  # One pass over the pairs, so the small record cache sees each clip's frames together.
+  triples = [(frame(k, s), frame(k, d), frame(j, f, mirror_of=d)) for k, s, d, j, f in pairs]
+  return tuple(resize_frames(np.stack(x), resolution) for x in zip(*triples))
 
 
 # ------------------------------------------------------------------------------- model
@@ -404,11 +395,6 @@ def compare_splits(workdir, shards, *, max_clips: int | None = 24, frames_per_cl
 # ------------------------------------------------------------------------------- writing
 
 
-_jsonable = report.to_jsonable  # one JSON conversion for every eval command
-
-
-def _fmt(value, spec: str) -> str:
-  return "–" if value is None or not np.isfinite(value) else spec.format(value)
 
 
 def render_markdown(result: dict) -> str:
@@ -428,17 +414,17 @@ def render_markdown(result: dict) -> str:
            "same person and a real frame of another person.", "", head, rule]
   for split, s in result["splits"].items():
     cells = [split, str(s["clips"]), str(s["persons"]), str(s["pairs"])]
-    cells += [_fmt(s[k], f) + " ± " + _fmt(s[f"{k}_std_over_clips"], f) for k, _, f in COLUMNS]
+    cells += [report.fmt(s[k], f) + " ± " + report.fmt(s[f"{k}_std_over_clips"], f) for k, _, f in COLUMNS]
     lines.append("| " + " | ".join(cells) + " |")
   if "gap" in result:
-    cells = ["train − val", "", "", ""] + [_fmt(result["gap"][k], f) for k, _, f in COLUMNS]
+    cells = ["train − val", "", "", ""] + [report.fmt(result["gap"][k], f) for k, _, f in COLUMNS]
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "(± = std over clips)", "", "## Per clip", "",
             "| clip | person | split | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
             "|" + "---|" * (3 + len(COLUMNS))]
   for c in result["clips"]:
     lines.append("| " + " | ".join([c["clip"], c["person"], c["split"]]
-                                   + [_fmt(c[k], f) for k, _, f in COLUMNS]) + " |")
+                                   + [report.fmt(c[k], f) for k, _, f in COLUMNS]) + " |")
   lines += ["", f"Grid: `{GRID_NAME}`, columns source | driver | reconstruction | other person's "
             "frame | cross-identity transfer; training persons first, then unseen persons.", ""]
   return "\n".join(lines)
@@ -474,9 +460,8 @@ def write_outputs(result: dict, grid, out) -> pathlib.Path:
   from PIL import Image  # pylint: disable=import-outside-toplevel
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  records.atomic_write_text(out / JSON_NAME, json.dumps(_jsonable(result), indent=1))
+  records.atomic_write_text(out / JSON_NAME, json.dumps(report.to_jsonable(result), indent=1))
   records.atomic_write_text(out / MD_NAME, render_markdown(result))
-  tmp = out / (GRID_NAME + ".tmp")
-  Image.fromarray(grid_image(grid)).save(tmp, format="PNG")
-  os.replace(tmp, out / GRID_NAME)
+  report.write_atomic(str(out / GRID_NAME),
+                      lambda tmp: Image.fromarray(grid_image(grid)).save(tmp, format="PNG"))
   return out

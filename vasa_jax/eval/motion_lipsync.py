@@ -175,7 +175,7 @@ def _envelope(rec: dict, t: int) -> np.ndarray:
   from vasa_jax.data import audio_features  # pylint: disable=import-outside-toplevel
   env = np.asarray(audio_features.energy_envelope(np.asarray(rec["audio"], np.float32)),
                    np.float64)
-  return env[:t] if env.shape[0] >= t else np.concatenate([env, np.full(t - env.shape[0], np.nan)])
+  return lipsync._fit_length(env, t)  # pylint: disable=protected-access
 
 
 def _controls(rec: dict, scale_stats: tuple[float, float], emotion_dim: int) -> dict:
@@ -216,9 +216,9 @@ def _split_entries(index: records.ClipIndex, val_persons: Sequence[str], split: 
 
 def _num_windows(frames: Sequence[int], window: int, context: int) -> int:
   """How many windows the stage 2 pipeline cuts from clips of these lengths."""
-  stride = max(1, window // 2)
-  return sum(1 + len(range(max(context, 1), t - window + 1, stride)) for t in frames
-             if t >= window)
+  from vasa_jax.data import pipelines  # pylint: disable=import-outside-toplevel
+  return sum(len(pipelines._window_starts(t, window, context))  # pylint: disable=protected-access
+             for t in frames)
 
 
 def _check_latent(latent_checkpoint, motion_config, index: records.ClipIndex) -> dict:
@@ -479,11 +479,6 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
 # ------------------------------------------------------------------------------- writing
 
 
-_jsonable = report.to_jsonable  # one JSON conversion for every eval command
-
-
-def _fmt(value, spec: str = "{:.3f}") -> str:
-  return "–" if value is None or not np.isfinite(value) else spec.format(value)
 
 
 def render_markdown(result: dict) -> str:
@@ -502,9 +497,9 @@ def render_markdown(result: dict) -> str:
            f"guidance audio {result['cfg_audio']} / gaze {result['cfg_gaze']}, controls "
            f"{'from each clip' if result['use_controls'] else 'dropped'}.", "",
            "Mouth readout (ridge [z_pose, z_dyn] -> mouth_open, fitted within the training "
-           f"persons' clips): R^2 within clips train {_fmt(r['r2_train_within_clip'])}, "
-           f"held-out persons {_fmt(r['r2_val_within_clip'])} (a plain fit: train "
-           f"{_fmt(r['r2_train'])}, held-out {_fmt(r['r2_val'])}). Largest weights: "
+           f"persons' clips): R^2 within clips train {report.fmt(r['r2_train_within_clip'])}, "
+           f"held-out persons {report.fmt(r['r2_val_within_clip'])} (a plain fit: train "
+           f"{report.fmt(r['r2_train'])}, held-out {report.fmt(r['r2_val'])}). Largest weights: "
            + ", ".join(f"{d['dim']} {d['weight']:+.3f}" for d in r["top_dims"][:3]) + ".", "",
            "| mouth series | corr w/ label | corr w/ real-motion readout | sync corr detrended "
            "| lag (frames) | sync corr raw | lag raw | spread (std) | spread detrended |",
@@ -512,17 +507,17 @@ def render_markdown(result: dict) -> str:
   for label, name, c_label, c_real, spread in rows:
     p = f"sync_{name}_"
     lines.append(
-        f"| {label} | {_fmt(c_label)} | {_fmt(c_real)} | {_fmt(mn[p + 'corr_detrended'])} | "
-        f"{_fmt(mn[p + 'lag_detrended'], '{:+.1f}')} | {_fmt(mn[p + 'corr_raw'])} | "
-        f"{_fmt(mn[p + 'lag_raw'], '{:+.1f}')} | {_fmt(spread, '{:.4f}')} | "
-        f"{_fmt(mn[p + 'mouth_std_detrended'], '{:.4f}')} |")
+        f"| {label} | {report.fmt(c_label)} | {report.fmt(c_real)} | {report.fmt(mn[p + 'corr_detrended'])} | "
+        f"{report.fmt(mn[p + 'lag_detrended'], '{:+.1f}')} | {report.fmt(mn[p + 'corr_raw'])} | "
+        f"{report.fmt(mn[p + 'lag_raw'], '{:+.1f}')} | {report.fmt(spread, '{:.4f}')} | "
+        f"{report.fmt(mn[p + 'mouth_std_detrended'], '{:.4f}')} |")
   lines += ["", f"Detrended correlations of the generated readout: with the label "
-            f"{_fmt(mn['gen_vs_label_detrended'])}, with the real-motion readout "
-            f"{_fmt(mn['gen_vs_real_detrended'])} (real readout vs label "
-            f"{_fmt(mn['real_vs_label_detrended'])}).",
-            f"Spread, generated / real: mouth readout {_fmt(mn['spread_ratio'], '{:.2f}')}; "
-            f"motion (normalised units) pose {_fmt(mn['pose_std_ratio'], '{:.2f}')}, dynamics "
-            f"{_fmt(mn['dyn_std_ratio'], '{:.2f}')}.", ""]
+            f"{report.fmt(mn['gen_vs_label_detrended'])}, with the real-motion readout "
+            f"{report.fmt(mn['gen_vs_real_detrended'])} (real readout vs label "
+            f"{report.fmt(mn['real_vs_label_detrended'])}).",
+            f"Spread, generated / real: mouth readout {report.fmt(mn['spread_ratio'], '{:.2f}')}; "
+            f"motion (normalised units) pose {report.fmt(mn['pose_std_ratio'], '{:.2f}')}, dynamics "
+            f"{report.fmt(mn['dyn_std_ratio'], '{:.2f}')}.", ""]
   if not 0.5 <= mn["spread_ratio"] <= 2.0:
     lines += [f"**Warning**: the generated mouth signal moves {mn['spread_ratio']:.2f}x as much "
               "as the real one; its sync correlation is not comparable to the real rows (a "
@@ -531,19 +526,19 @@ def render_markdown(result: dict) -> str:
   loss = result.get("loss")
   if loss:
     lines += [f"Validation diffusion loss ({loss['batches']} batches of {loss['batch_size']} "
-              f"windows, random t with a fixed key): x0 MSE {_fmt(loss.get('loss_x0'), '{:.4f}')}"
-              f", velocity MSE {_fmt(loss.get('loss_velocity'), '{:.4f}')}, total "
-              f"{_fmt(loss.get('loss'), '{:.4f}')}.", ""]
+              f"windows, random t with a fixed key): x0 MSE {report.fmt(loss.get('loss_x0'), '{:.4f}')}"
+              f", velocity MSE {report.fmt(loss.get('loss_velocity'), '{:.4f}')}, total "
+              f"{report.fmt(loss.get('loss'), '{:.4f}')}.", ""]
   lines += ["## Per clip", "",
             "| clip | person | frames | corr gen-label | corr gen-real | sync gen (det.) | "
             "sync real (det.) | sync label (det.) | std gen | std real |",
             "|---|---|---|---|---|---|---|---|---|---|"]
   for c in result["clips"]:
-    lines.append(f"| {c['clip']} | {c['person']} | {c['frames']} | {_fmt(c['gen_vs_label'])} | "
-                 f"{_fmt(c['gen_vs_real'])} | {_fmt(c['sync_generated_corr_detrended'])} | "
-                 f"{_fmt(c['sync_real_motion_corr_detrended'])} | "
-                 f"{_fmt(c['sync_label_corr_detrended'])} | "
-                 f"{_fmt(c['std_generated'], '{:.4f}')} | {_fmt(c['std_real_motion'], '{:.4f}')} |")
+    lines.append(f"| {c['clip']} | {c['person']} | {c['frames']} | {report.fmt(c['gen_vs_label'])} | "
+                 f"{report.fmt(c['gen_vs_real'])} | {report.fmt(c['sync_generated_corr_detrended'])} | "
+                 f"{report.fmt(c['sync_real_motion_corr_detrended'])} | "
+                 f"{report.fmt(c['sync_label_corr_detrended'])} | "
+                 f"{report.fmt(c['std_generated'], '{:.4f}')} | {report.fmt(c['std_real_motion'], '{:.4f}')} |")
   lines.append("")
   return "\n".join(lines)
 
@@ -552,6 +547,6 @@ def write_outputs(result: dict, out) -> pathlib.Path:
   """Writes `motion_lipsync.json` and `motion_lipsync.md` into `out`."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  records.atomic_write_text(out / JSON_NAME, json.dumps(_jsonable(result), indent=1))
+  records.atomic_write_text(out / JSON_NAME, json.dumps(report.to_jsonable(result), indent=1))
   records.atomic_write_text(out / MD_NAME, render_markdown(result))
   return out

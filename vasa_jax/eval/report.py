@@ -175,7 +175,7 @@ def _chmod_umask(path: str) -> None:
   os.chmod(path, 0o666 & ~umask)
 
 
-def _write_atomic(path: str, write) -> None:
+def write_atomic(path: str, write) -> None:
   """Calls `write(tmp_path)` on a temporary file beside `path`, then renames it into place."""
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
@@ -195,10 +195,11 @@ def _write_text_atomic(path: str, text: str) -> None:
   def write(tmp):
     with open(tmp, "w", encoding="utf-8") as f:
       f.write(text)
-  _write_atomic(path, write)
+  write_atomic(path, write)
 
 
-def _fmt(value, spec: str) -> str:
+def fmt(value, spec: str = "{:.3f}") -> str:
+  """A table cell: `spec` of the value, or a dash for None / NaN."""
   if value is None or not np.isfinite(value):
     return "–"
   return spec.format(value)
@@ -207,7 +208,7 @@ def _fmt(value, spec: str) -> str:
 def _md_row(label: str, row: dict, keys: Sequence[str] | None = None) -> str:
   cells = [label]
   for key, _, spec in COLUMNS:
-    cells.append(_fmt(row.get(key), spec) if keys is None or key in keys else "–")
+    cells.append(fmt(row.get(key), spec) if keys is None or key in keys else "–")
   return "| " + " | ".join(cells) + " |"
 
 
@@ -278,13 +279,13 @@ def plot_clip(result: dict, path: str) -> None:
   ax.set_xlabel("time (s)")
   ax.set_ylabel("z-score")
   ax.set_title(f"{result['name']} ({result.get('group', '')}): detrended corr "
-               f"{_fmt(result.get('corr_detrended'), '{:.3f}')} at lag "
+               f"{fmt(result.get('corr_detrended'), '{:.3f}')} at lag "
                f"{result.get('lag_detrended')} frames, raw "
-               f"{_fmt(result.get('corr_raw'), '{:.3f}')}", fontsize=9)
+               f"{fmt(result.get('corr_raw'), '{:.3f}')}", fontsize=9)
   ax.legend(loc="upper right", fontsize=8)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+  write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def run(videos: Sequence, real: Sequence = (), out_dir=".", *, analyzer=None,

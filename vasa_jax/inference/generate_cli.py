@@ -64,7 +64,7 @@ def _stream(pipe, portrait, wav, args, kw) -> int:
   from vasa_jax.errors import VasaInputError
 
   chunk = max(1, int(16000 * args.chunk_ms / 1000))
-  first_window = getattr(args, "first_window", None)
+  first_window = args.first_window
   if first_window is not None and not 1 <= first_window <= pipe.window:
     raise VasaInputError(f"--first-window {first_window}: use 1..{pipe.window} (this "
                          "checkpoint's window W).")
@@ -88,7 +88,7 @@ def _stream(pipe, portrait, wav, args, kw) -> int:
       w.write(frame)
       n += 1
     total = time.perf_counter() - t0
-  buffer_ms = 1000 * ((first_window or pipe.window) + pipe.audio_lookahead) / 25
+  buffer_ms = 1000 * pipe.stream_buffering_s(first_window)
   what = "first window" if first_window else "window"
   print(f"Wrote {args.out}: {n} frames. First frame after {1000 * (first or 0):.0f} ms of compute "
         f"+ {buffer_ms:.0f} ms of audio buffering ({what} + look-ahead); sustained "

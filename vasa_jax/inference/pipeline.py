@@ -51,19 +51,6 @@ class Portrait:
   z_dyn: jax.Array  # (1, Zd)
 
 
-def portrait_labels(landmarks: np.ndarray, resolution: int, face_cfg):
-  """Label vector (1, 5) and valid (1,) of one crop's (478, 3) landmarks (crop pixels); valid
-  is 0 for a model without `label_motion`."""
-  # pylint: disable=import-outside-toplevel
-  from vasa_jax.data import face_labels
-  from vasa_jax.models import motion_labels
-  if not face_cfg.label_motion:
-    return (np.zeros((1, motion_labels.LABEL_DIM), np.float32), np.zeros((1,), np.float32))
-  lab = face_labels.label_clip(np.asarray(landmarks, np.float32)[None], resolution)
-  return motion_labels.motion_labels(lab["head_pose"], lab["face_scale"], lab["mouth_open"],
-                                     face_cfg)
-
-
 def broadcast_batch(tree, n: int):
   """Repeats every leaf of a batch-1 pytree (a portrait's v_can, z_id) to batch n."""
   return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:]), tree)
@@ -155,8 +142,7 @@ class Pipeline:
     @jax.jit
     def render(params, v_can, z_id, z_pose, z_dyn):  # (1, ...) portrait, (n, 6), (n, Zd)
       n = z_pose.shape[0]
-      v = broadcast_batch(v_can, n)
-      zi = jnp.broadcast_to(z_id, (n,) + z_id.shape[1:])
+      v, zi = broadcast_batch((v_can, z_id), n)
       img = face.apply({"params": params}, v, zi, z_pose, z_dyn, method=FaceModel.render)
       return jnp.clip(jnp.round((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
@@ -172,6 +158,11 @@ class Pipeline:
           self._denoise_fn, self.motion_config, steps=steps)
     return self._samplers[steps]
 
+  def stream_buffering_s(self, first_window: int | None = None) -> float:
+    """Seconds of audio `stream` waits for before its first frame can exist: the first window
+    (W, or `first_window`) plus the audio encoder's look-ahead, at 25 fps."""
+    return ((first_window or self.window) + self.audio_lookahead) / 25.0
+
   def controls(self, gaze=None, distance=None, emotion=None) -> dict:
     """Control inputs; None = dropped (the model's unconditional null token)."""
     if gaze is not None and np.asarray(gaze).shape != (2,):
@@ -185,12 +176,14 @@ class Pipeline:
     """Reads, crops (as in training) and encodes a portrait once."""
     # pylint: disable=import-outside-toplevel
     from vasa_jax.data import face_crop, media
+    from vasa_jax.models import motion_labels
 
     if source is None:
       source = str(image) if isinstance(image, (str, os.PathLike)) else "<array>"
     img = media.read_image(image)
     face = face_crop.crop_image(img, self.resolution, source=source)
-    labels, valid = portrait_labels(face.landmarks, self.resolution, self._face_cfg)
+    labels, valid = motion_labels.landmark_labels(face.landmarks[None], self.resolution,
+                                                  self._face_cfg)
     v_can, z_id, z_pose, z_dyn = self._encode_portrait(self.latent_params, face.image[None],
                                                        labels, valid)
     return Portrait(crop=face.image, v_can=v_can, z_id=z_id, z_pose=z_pose, z_dyn=z_dyn)

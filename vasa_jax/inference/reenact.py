@@ -28,9 +28,8 @@ def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndar
 
   to_float = lambda x: x.astype(jnp.float32) / 127.5 - 1.0
   n_drv = driver_crops.shape[0]
-  none = lambda n: (np.zeros((n, ml.LABEL_DIM), np.float32), np.zeros((n,), np.float32))  # noqa: E731
-  source_labels = none(1) if source_labels is None else source_labels
-  driver_labels = none(n_drv) if driver_labels is None else driver_labels
+  source_labels = ml.no_labels(1) if source_labels is None else source_labels
+  driver_labels = ml.no_labels(n_drv) if driver_labels is None else driver_labels
 
   @jax.jit
   def encode_source(params, img, labels, valid):
@@ -79,9 +78,7 @@ def reenact(checkpoint, source, driving, out, *, relative: bool = False) -> str:
   from vasa_jax.data import face_crop, media
   from vasa_jax.data.extract_motion import load_face_model
 
-  from vasa_jax.data import face_labels
   from vasa_jax.models import layers, motion_labels as ml
-  from vasa_jax.inference.pipeline import portrait_labels
 
   config, model, params = load_face_model(checkpoint)
   r = int(config.model.resolution)
@@ -89,14 +86,10 @@ def reenact(checkpoint, source, driving, out, *, relative: bool = False) -> str:
   src = face_crop.crop_image(media.read_image(source), r, source=str(source))
   video = media.read_video(driving, fps=25.0, max_side=640)
   drv = face_crop.crop_clip(video.frames, r, source=str(driving), progress=True)
-  src_labels = drv_labels = None
-  if face_cfg.label_motion:  # the face mesh's pose and mouth, as in training
-    src_labels = portrait_labels(src.landmarks, r, face_cfg)
-    lab = face_labels.label_clip(np.asarray(drv.landmarks, np.float32), r)
-    drv_labels = ml.motion_labels(lab["head_pose"], lab["face_scale"], lab["mouth_open"],
-                                  face_cfg)
+  # The face mesh's pose and mouth, as in training (all invalid without `label_motion`).
   frames = reenact_frames(model, params, src.image, drv.frames, relative=relative,
-                          source_labels=src_labels, driver_labels=drv_labels)
+                          source_labels=ml.landmark_labels(src.landmarks[None], r, face_cfg),
+                          driver_labels=ml.landmark_labels(drv.landmarks, r, face_cfg))
   media.write_video(out, frames, fps=25.0, audio=video.audio, sr=16000)
   print(f"Wrote {out}: {len(frames)} frames")
   return str(out)

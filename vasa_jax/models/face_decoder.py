@@ -161,12 +161,13 @@ class FaceDecoder(nn.Module):
     Returns:
       img (B, R, R, 3) float32 in [-1, 1].
     """
-    v = v_can["v"] if isinstance(v_can, dict) else v_can
+    warp_source = self.cfg.source_warp  # v_can is then canonicalize's dict
+    v = v_can["v"] if warp_source else v_can
     shape = v.shape[1:4]
     flow = self.flow_tgt(jnp.concatenate([z_dyn_tgt, z_id], axis=-1), shape)
     grid = warping.warp_grid(z_pose_tgt, flow, shape, inverse=False)
     feats = warping.trilinear_sample(v, grid)  # (B, D, S, S, Cv)
-    if not isinstance(v_can, dict):
+    if not warp_source:
       return self.g2d(feats)
     rgb, extra = self.g2d(feats)
     src_xy = self._project_coords(feats, warping.trilinear_sample(v_can["coords"], grid))

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vasa_jax.models.face_encoder import POSE_BOUNDS
+
 LABEL_DIM = 5
 # Preprocessing labels -> warp angles (`models.warping`). Both turn the nose right for yaw > 0;
 # label pitch > 0 turns the nose down and label roll > 0 turns the face counter-clockwise in the
@@ -30,7 +32,7 @@ POSE_SIGN = (1.0, -1.0, -1.0)
 # z_pose entries the labels set: yaw, pitch, roll, log scale (tx, ty stay learned).
 POSE_INDEX = (0, 1, 2, 5)
 # Stay inside the encoder's tanh bounds (`face_encoder.POSE_BOUNDS`) so it can match the label.
-_BOUNDS = np.array([np.pi / 2, np.pi / 3, np.pi / 3, 0.5], np.float32) * 0.98
+_BOUNDS = np.asarray(POSE_BOUNDS, np.float32)[list(POSE_INDEX)] * 0.98
 
 
 def motion_labels(head_pose, face_scale, mouth_open, cfg) -> tuple[np.ndarray, np.ndarray]:
@@ -53,6 +55,22 @@ def motion_labels(head_pose, face_scale, mouth_open, cfg) -> tuple[np.ndarray, n
   labels = np.where(valid[:, None], labels, 0.0)
   labels[:, :4] = np.clip(labels[:, :4], -_BOUNDS, _BOUNDS)
   return labels.astype(np.float32), valid.astype(np.float32)
+
+
+def no_labels(n: int) -> tuple[np.ndarray, np.ndarray]:
+  """Zero label vectors (n, 5) marked invalid (n,): the encoder's own motion is kept."""
+  return np.zeros((n, LABEL_DIM), np.float32), np.zeros((n,), np.float32)
+
+
+def landmark_labels(landmarks, resolution: int, cfg) -> tuple[np.ndarray, np.ndarray]:
+  """Label vectors (T, 5) and valid (T,) of crops' (T, 478, 3) landmarks (crop pixels), as
+  preprocessing labels them; all invalid for a model without `label_motion`."""
+  landmarks = np.asarray(landmarks, np.float32)
+  if not cfg.label_motion:
+    return no_labels(landmarks.shape[0])
+  from vasa_jax.data import face_labels  # pylint: disable=import-outside-toplevel
+  lab = face_labels.label_clip(landmarks, resolution)
+  return motion_labels(lab["head_pose"], lab["face_scale"], lab["mouth_open"], cfg)
 
 
 def apply_motion_labels(z_pose: jax.Array, z_dyn: jax.Array, labels: jax.Array,

@@ -102,7 +102,7 @@ def _sample_one(vol: jax.Array, coords: jax.Array) -> jax.Array:
   x0, y0, z0 = jnp.floor(fx), jnp.floor(fy), jnp.floor(fz)
   ax, ay, az = fx - x0, fy - y0, fz - z0  # weights of the upper corner
   idx, wts = [], []
-  for dz in (0, 1):
+  for dz in ((0,) if d == 1 else (0, 1)):  # one slice (2D images): 4 corners, not 8
     for dy in (0, 1):
       for dx in (0, 1):
         xi, yi, zi = x0 + dx, y0 + dy, z0 + dz
