@@ -103,6 +103,12 @@ def get_config(arg=None):
   # without labels.
   config.loss.pose_label = 1.0
   config.loss.mouth_label = 1.0
+  # L1 inside the driver's mouth box, normalised by its area (`latent_losses.region_l1_loss`).
+  config.loss.mouth_l1 = 1.0
+  # Share of rows whose driver is rendered with the source's unlabelled dynamics and only its
+  # own labelled mouth entry (`motion_labels.swap_unlabelled_dyn`): makes the decoder follow the
+  # entry that stage 2 and the controls drive.
+  config.loss.dyn_swap = 0.5
   config.loss.gan_start_step = 0 if variant == "tiny" else 500
 
   config.optim = common.optim_config(lr=2e-4, min_lr=1e-6, b1=0.5, b2=0.999, weight_decay=1e-2,

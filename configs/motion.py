@@ -92,7 +92,7 @@ def get_config(arg=None):
   config.optim = common.optim_config(lr=lr, min_lr=1e-6,
                                      warmup=10 if variant == "tiny" else 500,
                                      ema_decay=0.0 if variant == "tiny" else 0.999)
-  steps = {"tiny": 50, "demo": 3000, "base": 500_000}[variant]
+  steps = {"tiny": 50, "demo": 5000, "base": 500_000}[variant]
   config.train = common.train_config(
       num_steps=steps, batch_size=s["batch_size"], log_every=5 if variant == "tiny" else 50,
       ckpt_every={"tiny": 25, "demo": 500, "base": 1000}[variant], sample_every=0)

@@ -56,3 +56,22 @@ def test_gaze_control_turns_the_head_towards_it(demo, speech):
   left = demo.generate(data.astronaut(), speech, seed=0, gaze=(-0.3, 0.0)).motion
   yaw = 0  # > 0: the nose turns towards image right, like gaze theta > 0
   assert right[:, yaw].mean() - left[:, yaw].mean() > 0.1 * demo.std[yaw]
+
+
+@pytest.mark.slow
+def test_eval_demo_script_reports_every_video(shared_data, tmp_path):
+  """launch/eval_demo.sh end to end on the bundled checkpoint (~6 min on 2 cores)."""
+  import json
+  import os
+  import subprocess
+  import sys
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, PYTHON=sys.executable,
+             VASA_JAX=str(pathlib.Path(sys.executable).with_name("vasa-jax")))
+  subprocess.run(["bash", str(root / "launch" / "eval_demo.sh"), str(shared_data),
+                  str(tmp_path)], check=True, cwd=root, env=env, capture_output=True)
+  data = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  n_portraits = len(list((shared_data / "portraits").iterdir()))
+  assert data["summary"]["generated"]["count"] == 4 + n_portraits
+  assert data["summary"]["real"]["count"] == 12
+  assert all(r["num_frames"] <= 300 and r["face_found_frac"] > 0.9 for r in data["generated"])

@@ -122,6 +122,19 @@ def test_face_scale_and_mouth_open():
   np.testing.assert_allclose(opened, 2.0 / iod_cm, rtol=1e-3)
 
 
+def test_mouth_box_covers_the_lips_and_grows_with_the_opening():
+  lm = np.zeros((2, 478, 3))
+  for t, gap in enumerate((2.0, 12.0)):  # closed-ish, open; crop pixels of a 100 px crop
+    lm[t, 61, :2], lm[t, 291, :2] = (40, 70), (60, 70)  # corners
+    lm[t, 0, :2], lm[t, 17, :2] = (50, 66), (50, 74 + gap)  # upper / lower lip
+    lm[t, 13, :2], lm[t, 14, :2] = (50, 69), (50, 69 + gap)  # inner lips
+  box = fl.mouth_box(lm, 100.0, margin=0.25)
+  np.testing.assert_allclose(box[0], [0.5, 0.71, 0.1 + 0.05, 0.05 + 0.05], atol=1e-6)
+  lips = lm[:, [61, 291, 0, 17, 13, 14], :2] / 100.0
+  assert np.all(np.abs(lips - box[:, None, :2]) <= box[:, None, 2:])  # every lip point inside
+  assert box[1, 3] > box[0, 3] + 0.04  # an opening jaw stays inside
+
+
 def test_main_gaze_picks_dominant_cluster():
   rng = np.random.default_rng(0)
   main = rng.normal([0.1, 0.0], 0.02, (70, 2))

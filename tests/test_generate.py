@@ -116,6 +116,26 @@ def test_controls_change_motion(pipe, speech):
   assert not np.allclose(base.motion, gazed.motion)
 
 
+def test_guidance_defaults_come_from_the_pipeline(tiny_pipeline_dir, pipe, speech, tmp_path):
+  from vasa_jax.inference import pipeline as pipeline_lib
+  assert (pipe.cfg_audio, pipe.cfg_gaze) == (0.5, 1.0)  # the config's (paper) defaults
+  wav = media.read_audio(speech)
+  paper = pipe.generate(_astronaut(), wav, steps=2, seed=4).motion
+  strong = pipe.generate(_astronaut(), wav, steps=2, seed=4, cfg_audio=3.0).motion
+  assert np.abs(strong - paper).max() > 1e-4
+  # A pipeline stored with its own scale uses it unless the call passes one.
+  tuned = tmp_path / "tuned"
+  pipeline_lib.save_pipeline(tuned, pipe.latent_config, pipe.latent_params, pipe.motion_config,
+                             pipe.motion_params, {"mean": pipe.mean, "std": pipe.std}, steps=2,
+                             cfg_audio=3.0)
+  other = pipeline_lib.load_pipeline(tuned)
+  assert (other.cfg_audio, other.cfg_gaze) == (3.0, 1.0)
+  np.testing.assert_allclose(other.generate(_astronaut(), wav, seed=4).motion, strong, atol=1e-5)
+  np.testing.assert_allclose(other.generate(_astronaut(), wav, seed=4, cfg_audio=0.5).motion,
+                             paper, atol=1e-5)
+  assert pipeline_lib.load_pipeline(tuned, cfg_audio=0.5).cfg_audio == 0.5
+
+
 def test_no_face_errors_and_leaves_nothing(tiny_pipeline_dir, speech, tmp_path):
   noise = tmp_path / "noise.png"
   from PIL import Image

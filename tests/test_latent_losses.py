@@ -103,3 +103,15 @@ def test_vgg19_npz_roundtrip_and_perceptual_loss(tmp_path):
                                       (1, 4, 4, 512), (1, 2, 2, 512)]
   assert float(L.vgg_perceptual_loss(params, x, x)) == 0.0
   assert float(L.vgg_perceptual_loss(params, x, _img(1, (1, 32, 32, 3)))) > 0
+
+
+def test_region_l1_weighs_the_box_like_a_whole_image():
+  x = jnp.zeros((2, 8, 8, 3))
+  y = jnp.zeros((2, 8, 8, 3)).at[:, 2:4, 4:6].set(1.0)  # error only in a 2x2 patch
+  boxes = jnp.asarray([[5 / 8, 3 / 8, 1 / 8, 1 / 8], [0.5, 0.5, 0.5, 0.5]])  # patch / whole
+  mask = L.box_mask(boxes, 8)
+  assert float(mask[0].sum()) == 4.0 and float(mask[1].sum()) == 64.0
+  np.testing.assert_array_equal(mask[0, 2:4, 4:6, 0], 1.0)
+  assert float(L.region_l1_loss(x, y, boxes, jnp.asarray([1.0, 0.0]))) == pytest.approx(1.0)
+  assert float(L.region_l1_loss(x, y, boxes, jnp.asarray([0.0, 1.0]))) == pytest.approx(4 / 64)
+  assert float(L.region_l1_loss(x, y, boxes, jnp.asarray([0.0, 0.0]))) == 0.0

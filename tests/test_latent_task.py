@@ -145,7 +145,10 @@ def test_label_losses_train_the_encoder_and_labels_reach_the_decoder():
   valid = np.array([[1, 1, 1], [0, 0, 0]], np.float32)
   lab = {"motion_labels": labels, "labels_valid": valid}
   step = jax.jit(task.train_step)
-  s, first = step(state, {**batch, **lab}, jax.random.key(1))
+  boxes = np.tile(np.float32([0.5, 0.7, 0.15, 0.1]), (B, 3, 1))  # (B, 3, 4)
+  s, first = step(state, {**batch, **lab, "mouth_box": boxes}, jax.random.key(1))
+  # The mouth-region L1 counts the labelled driver only: the whole-image L1's order of size.
+  assert 0.0 < float(first["g_mouth_l1"]) < 4 * float(first["g_l1"]) + 0.5
   # Untrained: z_pose = 0 and z_dyn ~ 0, so the losses are the valid labels' sizes.
   assert float(first["g_pose_label"]) == pytest.approx(0.3 + 0.2 + 0.1 + 0.1, abs=1e-4)
   assert float(first["g_mouth_label"]) == pytest.approx(1.5, abs=0.2)
@@ -168,3 +171,16 @@ def test_label_losses_train_the_encoder_and_labels_reach_the_decoder():
       jnp.float32(0.0))
   assert float(jnp.abs(recon_a[0] - recon_b[0]).mean()) > 1e-3
   np.testing.assert_allclose(recon_a[1], recon_b[1], atol=1e-6)
+  # loss.dyn_swap = 1: the labelled driver is rendered with the source's free dynamics, the
+  # unlabelled one is left alone; without an rng (validation, samples) nothing is swapped.
+  cfg.loss.dyn_swap = 1.0
+  swap_task = LatentTask(cfg)
+  _, (m_swap, (recon_s, _)) = swap_task.generator_loss(gen, s.params["disc"], {**imgs, **lab},
+                                                       jnp.float32(0.0), jax.random.key(2))
+  _, (m_none, (recon_n, _)) = swap_task.generator_loss(gen, s.params["disc"], {**imgs, **lab},
+                                                       jnp.float32(0.0))
+  assert float(m_swap["g_dyn_swap_frac"]) == pytest.approx(0.5)
+  assert "g_dyn_swap_frac" not in m_none
+  np.testing.assert_allclose(recon_n, recon_a, atol=1e-6)
+  assert float(jnp.abs(recon_s[0] - recon_a[0]).mean()) > 1e-4
+  np.testing.assert_allclose(recon_s[1], recon_a[1], atol=1e-6)

@@ -46,6 +46,13 @@ def test_apply_replaces_only_labelled_rows_and_entries():
   assert float(mouth_loss) == pytest.approx(2.0)
 
 
+def test_swap_keeps_the_mouth_entry_and_takes_the_rest_where_asked():
+  z_dyn = jnp.asarray([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+  other = jnp.asarray([[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]])
+  out = ml.swap_unlabelled_dyn(z_dyn, other, jnp.asarray([True, False]))
+  np.testing.assert_array_equal(out, [[1.0, -2.0, -3.0], [4.0, 5.0, 6.0]])
+
+
 def test_extract_motion_pins_the_same_entries_as_training(cfg):
   rec = {"head_pose": np.array([[0.1, 0.2, 0.3], [np.nan, 0, 0]], np.float32),
          "face_scale": np.array([0.27, 0.27], np.float32),

@@ -31,13 +31,14 @@ def test_latent_element_spec(latent_config):
   batch = next(iter(pipelines.make_dataset(latent_config, "train", 0, 1)))
   r, b = latent_config.model.resolution, latent_config.train.batch_size
   images = ["driver", "driver2", "other", "source"]
-  assert sorted(batch) == sorted(images + ["labels_valid", "motion_labels"])
+  assert sorted(batch) == sorted(images + ["labels_valid", "motion_labels", "mouth_box"])
   for k in images:
     assert batch[k].shape == (b, r, r, 3) and batch[k].dtype == np.uint8
   assert not np.array_equal(batch["source"], batch["other"])
   # Synthetic faces have no labels: zeros, marked invalid so the encoder's own motion is used.
   assert batch["motion_labels"].shape == (b, 3, 5) and batch["labels_valid"].shape == (b, 3)
-  for k in ("motion_labels", "labels_valid"):
+  assert batch["mouth_box"].shape == (b, 3, 4)
+  for k in ("motion_labels", "labels_valid", "mouth_box"):
     assert batch[k].dtype == np.float32 and not batch[k].any()
 
 
@@ -147,3 +148,17 @@ def test_augmentations_keep_shape_and_change_pixels():
   assert moved.shape == (32, 32, 3) and moved.dtype == np.uint8
   np.testing.assert_array_equal(
       pipelines.scale_shift(frames[0], np.random.default_rng(2)), moved)  # seeded: repeatable
+
+
+def test_move_box_follows_the_scale_shift_of_the_frame():
+  frame = np.zeros((64, 64, 3), np.uint8)
+  frame[36:42, 16:24] = 255  # a box around (20, 39) px
+  box = np.array([20 / 64, 39 / 64, 4 / 64, 3 / 64], np.float32)
+  for seed in range(3):
+    moved, transform = pipelines.scale_shift(frame, np.random.default_rng(seed), max_scale=0.2,
+                                             max_shift=0.1, return_transform=True)
+    got = pipelines.move_box(box, transform)
+    ys, xs = np.nonzero(moved[..., 0] > 127)
+    np.testing.assert_allclose([(xs.mean() + 0.5) / 64, (ys.mean() + 0.5) / 64], got[:2],
+                               atol=1.0 / 64)
+    np.testing.assert_allclose((xs.max() - xs.min() + 1) / 64, 2 * got[2], atol=1.5 / 64)

@@ -127,12 +127,17 @@ def test_latent_dataset_on_real_shards(prepared):
   f32 = np.dtype(np.float32)
   assert _spec(batch) == {**{k: ((4, R, R, 3), np.dtype(np.uint8))
                              for k in ("source", "driver", "driver2", "other")},
-                          "motion_labels": ((4, 3, 5), f32), "labels_valid": ((4, 3), f32)}
+                          "motion_labels": ((4, 3, 5), f32), "labels_valid": ((4, 3), f32),
+                          "mouth_box": ((4, 3, 4), f32)}
   # Real shards carry label vectors of source, driver, driver2, centred on the data set.
   np.testing.assert_array_equal(batch["labels_valid"], 1.0)
   labels = batch["motion_labels"]
   assert np.all(np.abs(labels[..., :3]) < np.pi / 2) and np.all(np.abs(labels[..., 3]) < 0.5)
   assert np.all(np.isfinite(labels)) and labels[..., 4].std() > 0
+  # Mouth boxes (face-mesh lips) sit in the lower middle of the face crop.
+  box = batch["mouth_box"]
+  assert np.all((box[..., 0] > 0.3) & (box[..., 0] < 0.7) & (box[..., 1] > 0.5))
+  assert np.all((box[..., 2:] > 0.02) & (box[..., 2:] < 0.3))
   # The statistics that centre them (configs/latent.py holds those of ../shared/data).
   stats = pipelines.label_stats(pipelines.ClipSource(prepared["root"] / "all"))
   assert np.isfinite(stats.log_scale_mean) and stats.mouth_std > 0

@@ -33,8 +33,10 @@ def _add_generation_args(p: argparse.ArgumentParser):
   p.add_argument("--distance", type=float, help="normalised head-to-camera distance (0 = average)")
   p.add_argument("--emotion", help="emotion name (neutral, angry, contempt, disgusted, fear, happy,"
                  " sad, surprised) or comma-separated offset vector")
-  p.add_argument("--cfg-audio", type=float, default=0.5, help="audio guidance scale (paper: 0.5)")
-  p.add_argument("--cfg-gaze", type=float, default=1.0, help="gaze guidance scale (paper: 1.0)")
+  p.add_argument("--cfg-audio", type=float, default=None,
+                 help="audio guidance scale (default from checkpoint; paper: 0.5)")
+  p.add_argument("--cfg-gaze", type=float, default=None,
+                 help="gaze guidance scale (default from checkpoint; paper: 1.0)")
   p.add_argument("--steps", type=int, default=None, help="sampling steps (default from checkpoint)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--watermark", action="store_true", help="add a visible 'generated' mark")
@@ -88,11 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--motion", required=True, help="stage 2 workdir")
   p.add_argument("--out", required=True)
   p.add_argument("--steps", type=int, help="default sampling steps stored with the pipeline")
+  p.add_argument("--cfg-audio", type=float,
+                 help="default audio guidance scale stored with the pipeline (default: config's)")
+  p.add_argument("--cfg-gaze", type=float,
+                 help="default gaze guidance scale stored with the pipeline (default: config's)")
 
   p = sub.add_parser("eval", help="lip sync, pose and image quality -> JSON, markdown, plots")
   p.add_argument("--videos", nargs="+", required=True, help="generated mp4s (with audio)")
   p.add_argument("--real", nargs="*", default=[], help="real clips for reference figures")
   p.add_argument("--out", required=True, help="report directory")
+  p.add_argument("--max-seconds", type=float,
+                 help="evaluate only the first seconds of every video and clip (default: all)")
 
   p = sub.add_parser("eval-latent", help="stage 1 quality: reconstruction and identity, "
                      "training vs unseen persons -> JSON, markdown, PNG grid")
@@ -166,7 +174,8 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     return 0
   if cmd == "export":
     from vasa_jax.inference import export
-    export.export_pipeline(args.latent, args.motion, args.out, steps=args.steps)
+    export.export_pipeline(args.latent, args.motion, args.out, steps=args.steps,
+                           cfg_audio=args.cfg_audio, cfg_gaze=args.cfg_gaze)
     return 0
   if cmd == "reenact":
     from vasa_jax.inference import reenact
@@ -177,7 +186,7 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     return generate_cli.run(args)
   if cmd == "eval":
     from vasa_jax.eval import report
-    report.run(args.videos, args.real, args.out)
+    report.run(args.videos, args.real, args.out, max_seconds=args.max_seconds)
     return 0
   if cmd == "eval-latent":
     from vasa_jax.eval import latent_quality

@@ -53,6 +53,7 @@ _EYES = ((33, 133, 468), (362, 263, 473))
 EYEBALL_RADIUS = 1.2
 EYEBALL_CENTRE = (0.0, 0.17, -0.7)
 _LIP_INNER = (13, 14)  # upper / lower inner lip, mid line
+_LIP_OUTER = (61, 291, 0, 17)  # mouth corners, top of the upper lip, bottom of the lower lip
 
 
 def euler_to_matrix(angles: np.ndarray) -> np.ndarray:
@@ -254,6 +255,25 @@ def main_gaze(gaze: np.ndarray, bins: int = 8) -> np.ndarray:
   ix = np.clip(np.searchsorted(ex, g[:, 0], side="right") - 1, 0, bins - 1)
   iy = np.clip(np.searchsorted(ey, g[:, 1], side="right") - 1, 0, bins - 1)
   return g[(ix == i) & (iy == j)].mean(0).astype(np.float32)
+
+
+def mouth_box(landmarks: np.ndarray, image_size: float, margin: float = 0.35) -> np.ndarray:
+  """Box around the lips, for a loss that weights the mouth region.
+
+  Args:
+    landmarks: (T, 478, 3) landmarks in crop pixels.
+    image_size: crop side in pixels.
+    margin: added on each side, as a share of the mouth width (covers an opening jaw).
+
+  Returns:
+    (T, 4) float32 (centre x, centre y, half width, half height) as shares of the crop side.
+  """
+  lm = _check(landmarks)[:, list(_LIP_OUTER), :2] / float(image_size)  # (T, 4, 2)
+  lo, hi = lm.min(1), lm.max(1)  # (T, 2)
+  pad = margin * (hi[:, :1] - lo[:, :1])  # (T, 1) from the mouth width
+  centre = (lo + hi) / 2
+  half = (hi - lo) / 2 + pad
+  return np.concatenate([centre, half], -1).astype(np.float32)
 
 
 def label_clip(landmarks: np.ndarray, image_size: float) -> dict[str, np.ndarray]:

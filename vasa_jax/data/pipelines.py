@@ -23,7 +23,9 @@ driver2 alike (a per-sample colour change, so the model cannot carry colour thro
 codes) and the drivers get a small random scale/shift.
 Each element also carries `motion_labels` (3, 5) float32, the label vectors of source, driver and
 driver2 (`vasa_jax.models.motion_labels`: head pose, log face scale, mouth opening; the drivers'
-scale includes their random zoom), and `labels_valid` (3,) float32 (zeros for synthetic data).
+scale includes their random zoom), `labels_valid` (3,) float32 (zeros for synthetic data), and
+`mouth_box` (3, 4) float32, the lips' box of each (`face_labels.mouth_box`, moved with the
+drivers' zoom and shift; zeros for synthetic data).
 
 Stage 2 (`make_motion_dataset`): element index -> (clip, window start) over windows of W frames
 (starts 0, K, K + W/2, ...; all but the first jittered by up to W/2 frames). The first window of
@@ -41,7 +43,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from vasa_jax.data import records
+from vasa_jax.data import face_labels, records
 from vasa_jax.errors import VasaInputError
 
 EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
@@ -348,10 +350,13 @@ def colour_jitter(frames: np.ndarray, rng: np.random.Generator, strength: float 
 
 
 def scale_shift(frame: np.ndarray, rng: np.random.Generator, max_scale: float = 0.06,
-                max_shift: float = 0.04, return_zoom: bool = False):
+                max_shift: float = 0.04, return_transform: bool = False):
   """A small random zoom and translation of one (H, W, 3) uint8 frame (edges replicated).
 
-  Returns the frame, or (frame, zoom factor) with `return_zoom`.
+  A point at (x, y) (shares of the side) moves to (0.5 + s (x - 0.5) + dx, 0.5 + s (y - 0.5) + dy).
+
+  Returns the frame, or (frame, (s, dx, dy)) with `return_transform` (dx, dy as shares of the
+  side).
   """
   h, w = frame.shape[:2]
   s = 1.0 + rng.uniform(-max_scale, max_scale)
@@ -365,7 +370,17 @@ def scale_shift(frame: np.ndarray, rng: np.random.Generator, max_scale: float = 
   coeffs = (coeffs[0], 0, coeffs[2] + pw, 0, coeffs[4], coeffs[5] + ph)
   out = np.asarray(Image.fromarray(padded).transform((w, h), Image.AFFINE, coeffs,
                                                      Image.BILINEAR), np.uint8)
-  return (out, s) if return_zoom else out
+  return (out, (s, dx / w, dy / h)) if return_transform else out
+
+
+def move_box(box: np.ndarray, transform) -> np.ndarray:
+  """(..., 4) (cx, cy, half w, half h) boxes in shares of the side, after a `scale_shift`."""
+  s, dx, dy = transform
+  box = np.array(box, np.float32)
+  box[..., 0] = 0.5 + s * (box[..., 0] - 0.5) + dx
+  box[..., 1] = 0.5 + s * (box[..., 1] - 0.5) + dy
+  box[..., 2:] *= s
+  return box
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,16 +418,20 @@ class _LatentElement:
   label_cfg: object = None  # config.model with label_* statistics; None: no labels (synthetic)
 
   def _frames_and_labels(self, k: int, indices: list[int]):
-    """Frames (n, R, R, 3) uint8, label vectors (n, 5) and valid (n,) of frames `indices`."""
+    """Frames (n, R, R, 3) uint8, label vectors (n, 5), valid (n,) and mouth boxes (n, 4)
+    (`face_labels.mouth_box`; zeros without labels) of frames `indices`."""
     from vasa_jax.models import motion_labels  # pylint: disable=import-outside-toplevel
     if self.label_cfg is None:
-      return (self.clips.frames(k, indices), *motion_labels.no_labels(len(indices)))
+      return (self.clips.frames(k, indices), *motion_labels.no_labels(len(indices)),
+              np.zeros((len(indices), 4), np.float32))
     rec = self.clips[k]
     idx = np.asarray(indices, np.int64)
     labels, valid = motion_labels.motion_labels(
         np.asarray(rec["head_pose"])[idx], np.asarray(rec["face_scale"])[idx],
         np.asarray(rec["mouth_open"])[idx], self.label_cfg)
-    return records.decode_frames(rec, indices), labels, valid
+    frames = records.decode_frames(rec, indices)
+    boxes = face_labels.mouth_box(np.asarray(rec["landmarks"])[idx], frames.shape[1])
+    return frames, labels, valid, boxes
 
   def __call__(self, index, rng: np.random.Generator) -> dict:
     index = int(index)
@@ -422,16 +441,18 @@ class _LatentElement:
     d = d2 = f
     if n > 1:  # drivers differ from the source frame
       d, d2 = [int(x) + (int(x) >= f) for x in rng.integers(0, n - 1, 2)]
-    (src, drv, drv2), labels, valid = self._frames_and_labels(k, [f, d, d2])
+    (src, drv, drv2), labels, valid, boxes = self._frames_and_labels(k, [f, d, d2])
     other = self._other(k, rng)
     imgs = _resize(np.stack([src, drv, drv2, other]), self.resolution)
     if self.augment:
       imgs[:3] = colour_jitter(imgs[:3], rng)
-      imgs[1], zoom1 = scale_shift(imgs[1], rng, return_zoom=True)
-      imgs[2], zoom2 = scale_shift(imgs[2], rng, return_zoom=True)
-      labels[1:, 3] += valid[1:] * np.log([zoom1, zoom2]).astype(np.float32)  # face zoomed
+      for i in (1, 2):  # the drivers
+        imgs[i], moved = scale_shift(imgs[i], rng, return_transform=True)
+        labels[i, 3] += valid[i] * np.float32(np.log(moved[0]))  # face zoomed
+        if valid[i]:  # unlabelled rows keep the all-zero box
+          boxes[i] = move_box(boxes[i], moved)
     return {"source": imgs[0], "driver": imgs[1], "driver2": imgs[2], "other": imgs[3],
-            "motion_labels": labels, "labels_valid": valid}
+            "motion_labels": labels, "labels_valid": valid, "mouth_box": boxes}
 
   def _other(self, k: int, rng: np.random.Generator) -> np.ndarray:
     entries = self.clips.entries

@@ -30,8 +30,10 @@ def motion_stats_for(motion_config) -> dict:
 
 
 def export_pipeline(latent_workdir, motion_workdir, out, *, dtype: str = "bfloat16",
-                    steps: int | None = None):
-  """Loads both runs (EMA parameters where kept) and writes a pipeline directory."""
+                    steps: int | None = None, cfg_audio: float | None = None,
+                    cfg_gaze: float | None = None):
+  """Loads both runs (EMA parameters where kept) and writes a pipeline directory with default
+  sampling steps and guidance scales (None: the motion config's)."""
   # pylint: disable=import-outside-toplevel
   from vasa_jax.inference import pipeline
   from vasa_jax.train import checkpoint
@@ -47,6 +49,7 @@ def export_pipeline(latent_workdir, motion_workdir, out, *, dtype: str = "bfloat
   latent_params = generator_params(latent_params)  # the discriminator is not needed to generate
   stats = motion_stats_for(motion_config)
   out = pipeline.save_pipeline(out, latent_config, latent_params, motion_config, motion_params,
-                               stats, dtype=dtype, steps=steps)
+                               stats, dtype=dtype, steps=steps, cfg_audio=cfg_audio,
+                               cfg_gaze=cfg_gaze)
   print(f"Wrote pipeline checkpoint to {out}")
   return out

@@ -86,12 +86,15 @@ class Pipeline:
     motion_config, motion_params: the stage 2 run.
     motion_stats: {"mean": [...], "std": [...]} of [z_pose, z_dyn] used in training.
     steps: default sampling steps (None: the motion config's `diffusion.sample_steps`).
+    cfg_audio, cfg_gaze: default guidance scales (None: the motion config's `diffusion.cfg_*`,
+      the paper's 0.5 and 1.0; `vasa-jax export --cfg-audio` stores a checkpoint's own).
     pose_mode: "relative" adds the generated head motion (relative to the training mean pose)
       to the portrait's own pose, so the portrait keeps its framing; "absolute" uses it as is.
   """
 
   def __init__(self, latent_config, latent_params, motion_config, motion_params, motion_stats,
-               *, steps: int | None = None, pose_mode: str = "relative"):
+               *, steps: int | None = None, cfg_audio: float | None = None,
+               cfg_gaze: float | None = None, pose_mode: str = "relative"):
     # pylint: disable=import-outside-toplevel
     from vasa_jax.diffusion import sampler as sampler_lib
     from vasa_jax.models import layers, motion_dit, motion_labels
@@ -112,6 +115,9 @@ class Pipeline:
     self.window, self.context = int(m.window), int(m.context)
     self.motion_dim, self.emotion_dim = int(m.motion_dim), int(m.emotion_dim)
     self.steps = int(steps or motion_config.diffusion.sample_steps)
+    d = motion_config.diffusion
+    self.cfg_audio = float(d.cfg_audio if cfg_audio is None else cfg_audio)
+    self.cfg_gaze = float(d.cfg_gaze if cfg_gaze is None else cfg_gaze)
     self.pose_mode = pose_mode
     self.mean = np.asarray(motion_stats["mean"], np.float32)
     self.std = np.asarray(motion_stats["std"], np.float32)
@@ -162,6 +168,10 @@ class Pipeline:
     """Seconds of audio `stream` waits for before its first frame can exist: the first window
     (W, or `first_window`) plus the audio encoder's look-ahead, at 25 fps."""
     return ((first_window or self.window) + self.audio_lookahead) / 25.0
+
+  def _guidance(self, cfg_audio, cfg_gaze) -> tuple[float, float]:
+    return (self.cfg_audio if cfg_audio is None else float(cfg_audio),
+            self.cfg_gaze if cfg_gaze is None else float(cfg_gaze))
 
   def controls(self, gaze=None, distance=None, emotion=None) -> dict:
     """Control inputs; None = dropped (the model's unconditional null token)."""
@@ -215,7 +225,8 @@ class Pipeline:
   # -- public API --------------------------------------------------------------------------
 
   def generate(self, image, audio, *, gaze=None, distance=None, emotion=None,
-               cfg_audio: float = 0.5, cfg_gaze: float = 1.0, steps: int | None = None,
+               cfg_audio: float | None = None, cfg_gaze: float | None = None,
+               steps: int | None = None,
                seed: int = 0, sample_rate: int | None = None,
                progress: bool = False) -> GenerationResult:
     """Offline generation of a whole clip.
@@ -227,7 +238,7 @@ class Pipeline:
       gaze: (theta, phi) main gaze in radians, or None (dropped).
       distance: normalised head-to-camera distance (0 = training average) or None.
       emotion: an emotion name, an (E,) vector or None.
-      cfg_audio, cfg_gaze: guidance scales (paper: 0.5 and 1.0).
+      cfg_audio, cfg_gaze: guidance scales (default: the pipeline's; paper: 0.5 and 1.0).
       steps: sampling steps (default: the pipeline's).
       seed: random seed (same seed, same video).
       sample_rate: the rate of an audio array (default 16000).
@@ -248,6 +259,7 @@ class Pipeline:
     feats = audio_features.log_mel(wav, num_frames=num_frames)  # (T, 4, 80)
     encoded = self._encode_audio(self.motion_params, jnp.asarray(feats)[None])[0]  # (T, Da)
     controls = self.controls(gaze, distance, emotion)
+    cfg_audio, cfg_gaze = self._guidance(cfg_audio, cfg_gaze)
     sample = self.sample_window_fn(steps)
     sl = self._sampler_lib
     carry = sl.initial_carry(1, self.context, self.motion_dim, encoded.shape[-1])
@@ -274,8 +286,9 @@ class Pipeline:
                  "fps": num_frames / max(t2 - t1, 1e-9)})
 
   def stream(self, image, audio_chunks: Iterable, *, gaze=None, distance=None, emotion=None,
-             cfg_audio: float = 0.5, cfg_gaze: float = 1.0, steps: int | None = None,
-             seed: int = 0, first_window: int | None = None) -> Iterator[np.ndarray]:
+             cfg_audio: float | None = None, cfg_gaze: float | None = None,
+             steps: int | None = None, seed: int = 0,
+             first_window: int | None = None) -> Iterator[np.ndarray]:
     """Streaming generation: yields (R, R, 3) uint8 frames as soon as they exist.
 
     Args:
@@ -295,6 +308,7 @@ class Pipeline:
 
     portrait = image if isinstance(image, Portrait) else self.prepare_portrait(image)
     da = int(self.motion_config.model.audio_width)
+    cfg_audio, cfg_gaze = self._guidance(cfg_audio, cfg_gaze)
     stream = MotionStream(
         self.sample_window_fn(steps), self.motion_params, self._encode_audio,
         self.controls(gaze, distance, emotion), jax.random.key(seed), window=self.window,
@@ -315,8 +329,10 @@ class Pipeline:
 
 
 def save_pipeline(out_dir, latent_config, latent_params, motion_config, motion_params,
-                  motion_stats, *, dtype: str = "bfloat16", steps: int | None = None):
-  """Writes a self-describing pipeline directory (latent/, motion/, pipeline.json)."""
+                  motion_stats, *, dtype: str = "bfloat16", steps: int | None = None,
+                  cfg_audio: float | None = None, cfg_gaze: float | None = None):
+  """Writes a self-describing pipeline directory (latent/, motion/, pipeline.json) with the
+  default sampling steps and guidance scales (None: the motion config's)."""
   from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
 
   out = pathlib.Path(out_dir)
@@ -326,7 +342,10 @@ def save_pipeline(out_dir, latent_config, latent_params, motion_config, motion_p
   meta = {"format": "vasa-jax-pipeline", "version": 1,
           "motion_stats": {"mean": [float(v) for v in motion_stats["mean"]],
                            "std": [float(v) for v in motion_stats["std"]]},
-          "steps": int(steps or motion_config.diffusion.sample_steps)}
+          "steps": int(steps or motion_config.diffusion.sample_steps),
+          "cfg_audio": float(motion_config.diffusion.cfg_audio if cfg_audio is None
+                             else cfg_audio),
+          "cfg_gaze": float(motion_config.diffusion.cfg_gaze if cfg_gaze is None else cfg_gaze)}
   tmp = out / (PIPELINE_FILE + ".tmp")
   tmp.write_text(json.dumps(meta, indent=1))
   os.replace(tmp, out / PIPELINE_FILE)
@@ -338,7 +357,8 @@ def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
 
   Args:
     path: a directory written by `vasa-jax export` / `save_pipeline`.
-    **kwargs: passed to `Pipeline` (steps, pose_mode).
+    **kwargs: passed to `Pipeline` (steps, cfg_audio, cfg_gaze, pose_mode); the first three
+      default to the values stored with the pipeline.
   """
   from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
 
@@ -351,7 +371,8 @@ def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
   meta = json.loads(meta_path.read_text())
   latent_config, latent_params = checkpoint.load_exported(p / "latent")
   motion_config, motion_params = checkpoint.load_exported(p / "motion")
-  kwargs.setdefault("steps", meta.get("steps"))
+  for k in ("steps", "cfg_audio", "cfg_gaze"):  # older directories lack the guidance scales
+    kwargs.setdefault(k, meta.get(k))
   return Pipeline(latent_config, latent_params, motion_config, motion_params,
                   meta["motion_stats"], **kwargs)
 

@@ -90,6 +90,25 @@ def apply_motion_labels(z_pose: jax.Array, z_dyn: jax.Array, labels: jax.Array,
   return z_pose, z_dyn
 
 
+def swap_unlabelled_dyn(z_dyn: jax.Array, z_dyn_other: jax.Array, take: jax.Array) -> jax.Array:
+  """z_dyn with its unlabelled entries (all but the mouth, 0) taken from `z_dyn_other` where
+  `take`.
+
+  Stage-1 training renders the driver this way for part of the batch: the encoder's free
+  entries also see the driver's mouth, and a decoder that reads the mouth from them ignores the
+  labelled entry, which is the one stage 2 and the controls drive. With the free entries of
+  another frame of the same clip, only the labelled entry tells where the mouth is.
+
+  Args:
+    z_dyn: (B, Zd); z_dyn_other: (B, Zd); take: (B,) bool.
+  Returns:
+    (B, Zd).
+  """
+  keep = jnp.arange(z_dyn.shape[-1]) == 0  # (Zd,) the labelled mouth entry
+  use_other = take.astype(bool)[:, None] & ~keep[None]
+  return jnp.where(use_other, z_dyn_other.astype(z_dyn.dtype), z_dyn)
+
+
 def label_loss(z_pose: jax.Array, z_dyn: jax.Array, labels: jax.Array,
                valid: jax.Array) -> tuple[jax.Array, jax.Array]:
   """L1 from the encoder's predictions to the labels, mean over labelled frames.

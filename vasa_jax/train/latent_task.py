@@ -29,9 +29,10 @@ from vasa_jax.train.state import TrainState
 
 IMAGE_KEYS = ("source", "driver", "driver2", "other")
 _WEIGHTS = ("l1", "pyramid", "ssim", "vgg", "adversarial", "feature_matching", "consistency",
-            "cross_id", "contrastive", "pose_label", "mouth_label")
+            "cross_id", "contrastive", "pose_label", "mouth_label", "mouth_l1")
 # Label vectors of source, driver, driver2 (`vasa_jax.data.pipelines`); optional in a batch.
 LABEL_KEYS = ("motion_labels", "labels_valid")
+MOUTH_BOX = "mouth_box"  # (B, 3, 4) of source, driver, driver2 (`face_labels.mouth_box`)
 
 
 def to_float_image(x: jax.Array) -> jax.Array:
@@ -81,6 +82,7 @@ class LatentTask:
     self.use_gan = self.w["adversarial"] > 0 or self.w["feature_matching"] > 0
     self.contrastive_s = float(config.loss.get("contrastive_s", 5.0))
     self.contrastive_m = float(config.loss.get("contrastive_m", 0.2))
+    self.dyn_swap = float(config.loss.get("dyn_swap", 0.0))
     self.vgg_params = L.check_external_losses(config.loss)["vgg"]
     self.ema_decay = float(config.optim.get("ema_decay", 0.0))
     self.gen_tx = optim.make_optimizer(config.optim, config.train.num_steps)
@@ -119,14 +121,18 @@ class LatentTask:
   def _gen(self, params, *args, method):
     return self.model.apply({"params": params}, *args, method=method)
 
-  def generator_loss(self, gen_params, disc_params, imgs: dict, gan_on: jax.Array):
+  def generator_loss(self, gen_params, disc_params, imgs: dict, gan_on: jax.Array,
+                     rng: jax.Array | None = None):
     """Weighted generator loss.
 
     Args:
       gen_params, disc_params: parameters.
       imgs: float images in [-1, 1], keys `IMAGE_KEYS`, each (B, R, R, 3), plus
-        `motion_labels` (B, 3, 5) and `labels_valid` (B, 3) when the batch has them.
+        `motion_labels` (B, 3, 5), `labels_valid` (B, 3) and `mouth_box` (B, 3, 4) when the
+        batch has them.
       gan_on: () float32, 1 once the GAN terms are active.
+      rng: draws which rows render the driver with the source's unlabelled dynamics
+        (`loss.dyn_swap`); None: no swap.
     Returns:
       (loss, (metrics, fakes)) with fakes (recon, cross), each (B, R, R, 3).
     """
@@ -143,12 +149,19 @@ class LatentTask:
     split = lambda x: jnp.split(x, x.shape[0] // b, axis=0)  # noqa: E731
     v, zi, zp, zd = split(v_app), split(z_id), split(z_pose), split(z_dyn)
     m = {}
-    if all(k in imgs for k in LABEL_KEYS):
+    labelled = all(k in imgs for k in LABEL_KEYS)
+    if labelled:
       zp, zd, m["pose_label"], m["mouth_label"] = self._labelled_motion(
           zp, zd, imgs["motion_labels"], imgs["labels_valid"])
+    zd_recon = zd[1]
+    if labelled and self.face_cfg.label_motion and self.dyn_swap > 0 and rng is not None:
+      # Only rows whose driver mouth is labelled: elsewhere entry 0 carries no mouth.
+      take = jax.random.bernoulli(rng, self.dyn_swap, (b,)) & (imgs["labels_valid"][:, 1] > 0)
+      zd_recon = motion_labels.swap_unlabelled_dyn(zd[1], zd[0], take)
+      m["dyn_swap_frac"] = take.mean()
     # (v_app, z_id, pose_src, dyn_src, pose_tgt, dyn_tgt) per rendering; i = driver, j = driver2.
     # The last column is the image the appearance came from (the decoder's source warp).
-    rows = [(v[0], zi[0], zp[0], zd[0], zp[1], zd[1], src),  # recon
+    rows = [(v[0], zi[0], zp[0], zd[0], zp[1], zd_recon, src),  # recon
             (v[0], zi[0], zp[0], zd[0], zp[2], zd[2], src)]  # cross
     if cons:
       rows += [(v[2], zi[2], zp[3], zd[3], zp[1], zd[3], drv2),  # cons_a: appearance of j
@@ -161,6 +174,9 @@ class LatentTask:
     m["l1"] = L.l1_loss(recon, drv)
     m["pyramid"] = L.pyramid_l1_loss(recon, drv)
     m["ssim"] = L.ssim_loss(recon, drv)
+    if labelled and MOUTH_BOX in imgs and w["mouth_l1"] > 0:
+      m["mouth_l1"] = L.region_l1_loss(recon, drv, imgs[MOUTH_BOX][:, 1],
+                                       imgs["labels_valid"][:, 1])
     if self.vgg_params is not None and w["vgg"] > 0:
       m["vgg"] = L.vgg_perceptual_loss(self.vgg_params, recon, drv)
     if cons:
@@ -228,18 +244,18 @@ class LatentTask:
     Args:
       state: TrainState with params/opt_state {"gen", "disc"}.
       batch: uint8 images `IMAGE_KEYS` (B, R, R, 3).
-      rng: unused (augmentation happens in the pipeline); kept for the Task contract.
+      rng: per-step key (the `loss.dyn_swap` draw; augmentation happens in the pipeline).
     Returns:
       (new state, flat dict of scalar metrics including "loss").
     """
-    del rng
     imgs = {k: to_float_image(batch[k]) for k in IMAGE_KEYS}
-    imgs.update({k: jnp.asarray(batch[k], jnp.float32) for k in LABEL_KEYS if k in batch})
+    imgs.update({k: jnp.asarray(batch[k], jnp.float32) for k in LABEL_KEYS + (MOUTH_BOX,)
+                 if k in batch})
     params, opt = state.params, state.opt_state
     gan_on = (state.step >= self.gan_start).astype(jnp.float32)
 
     grad_fn = jax.value_and_grad(self.generator_loss, has_aux=True)
-    (_, (metrics, fakes)), g_grads = grad_fn(params["gen"], params["disc"], imgs, gan_on)
+    (_, (metrics, fakes)), g_grads = grad_fn(params["gen"], params["disc"], imgs, gan_on, rng)
     g_updates, g_opt = self.gen_tx.update(g_grads, opt["gen"], params["gen"])
     gen = optax.apply_updates(params["gen"], g_updates)
     metrics["g_grad_norm"] = optax.tree.norm(g_grads)
