@@ -471,7 +471,7 @@ class _LatentElement:
 # --------------------------------------------------------------------------- stage 2 elements
 
 
-def _window_starts(num_frames: int, window: int, context: int) -> list[int]:
+def window_starts(num_frames: int, window: int, context: int) -> list[int]:
   if num_frames < window:
     return []
   stride = max(1, window // 2)
@@ -698,7 +698,7 @@ def _motion_parts(config, split: str, synthetic: bool | None):
                          f"{config.model.motion_dim}; set latent_variant to the stage-1 model "
                          "that extracted the motion.")
   windows = [(k, s) for k, e in enumerate(clips.entries)
-             for s in _window_starts(int(e["frames"]), window, context)]
+             for s in window_starts(int(e["frames"]), window, context)]
   if not windows:
     raise VasaInputError(f"No clip of the {split!r} split has at least {window} frames "
                          "(data.window); lower data.window or add longer clips.")

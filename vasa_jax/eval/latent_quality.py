@@ -47,6 +47,7 @@ import numpy as np
 
 from vasa_jax.data import records
 from vasa_jax.eval import report
+from vasa_jax.eval.report import fmt
 from vasa_jax.errors import VasaInputError
 
 JSON_NAME = "latent_quality.json"
@@ -395,8 +396,6 @@ def compare_splits(workdir, shards, *, max_clips: int | None = 24, frames_per_cl
 # ------------------------------------------------------------------------------- writing
 
 
-
-
 def render_markdown(result: dict) -> str:
   """The report: a table per split, the gap, then one row per clip."""
   head = "| " + " | ".join(["split", "clips", "persons", "pairs"]
@@ -414,17 +413,17 @@ def render_markdown(result: dict) -> str:
            "same person and a real frame of another person.", "", head, rule]
   for split, s in result["splits"].items():
     cells = [split, str(s["clips"]), str(s["persons"]), str(s["pairs"])]
-    cells += [report.fmt(s[k], f) + " ± " + report.fmt(s[f"{k}_std_over_clips"], f) for k, _, f in COLUMNS]
+    cells += [fmt(s[k], f) + " ± " + fmt(s[f"{k}_std_over_clips"], f) for k, _, f in COLUMNS]
     lines.append("| " + " | ".join(cells) + " |")
   if "gap" in result:
-    cells = ["train − val", "", "", ""] + [report.fmt(result["gap"][k], f) for k, _, f in COLUMNS]
+    cells = ["train − val", "", "", ""] + [fmt(result["gap"][k], f) for k, _, f in COLUMNS]
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "(± = std over clips)", "", "## Per clip", "",
             "| clip | person | split | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
             "|" + "---|" * (3 + len(COLUMNS))]
   for c in result["clips"]:
     lines.append("| " + " | ".join([c["clip"], c["person"], c["split"]]
-                                   + [report.fmt(c[k], f) for k, _, f in COLUMNS]) + " |")
+                                   + [fmt(c[k], f) for k, _, f in COLUMNS]) + " |")
   lines += ["", f"Grid: `{GRID_NAME}`, columns source | driver | reconstruction | other person's "
             "frame | cross-identity transfer; training persons first, then unseen persons.", ""]
   return "\n".join(lines)

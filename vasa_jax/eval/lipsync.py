@@ -173,7 +173,7 @@ def lipsync_scores(mouth_open, envelope, max_lag: int = 5, fps: float = FPS,
   }
 
 
-def _fit_length(x: np.ndarray, t: int) -> np.ndarray:
+def fit_length(x: np.ndarray, t: int) -> np.ndarray:
   """Cuts a per-frame series to T frames or pads it with NaN (frames past the end of the audio
   are then left out of the correlations instead of faking a constant envelope)."""
   if x.shape[0] >= t:
@@ -208,7 +208,7 @@ def analyze_clip(frames: np.ndarray, audio: np.ndarray, *, fps: float = FPS,
   pose = np.asarray(labels["head_pose"], np.float64).copy()
   mouth[~detected] = np.nan
   pose[~detected] = np.nan
-  env = _fit_length(np.asarray(energy_envelope(audio, fps=fps), np.float64), len(frames))
+  env = fit_length(np.asarray(energy_envelope(audio, fps=fps), np.float64), len(frames))
   return {"mouth_open": mouth, "head_pose": pose, "envelope": env, "detected": detected}
 
 
@@ -264,5 +264,5 @@ def evaluate_video(path, analyzer=None, *, max_seconds: float | None = None,
   return out
 
 
-__all__ = ["MIN_OVERLAP", "analyze_clip", "detrend", "evaluate_video", "lag_curve",
-           "lipsync_scores"]
+__all__ = ["MIN_OVERLAP", "analyze_clip", "detrend", "evaluate_video", "fit_length",
+           "lag_curve", "lipsync_scores"]

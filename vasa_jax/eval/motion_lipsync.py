@@ -55,6 +55,7 @@ import numpy as np
 from vasa_jax.data import records
 from vasa_jax.errors import VasaInputError
 from vasa_jax.eval import lipsync, report
+from vasa_jax.eval.report import fmt
 
 JSON_NAME = "motion_lipsync.json"
 MD_NAME = "motion_lipsync.md"
@@ -175,7 +176,7 @@ def _envelope(rec: dict, t: int) -> np.ndarray:
   from vasa_jax.data import audio_features  # pylint: disable=import-outside-toplevel
   env = np.asarray(audio_features.energy_envelope(np.asarray(rec["audio"], np.float32)),
                    np.float64)
-  return lipsync._fit_length(env, t)  # pylint: disable=protected-access
+  return lipsync.fit_length(env, t)
 
 
 def _controls(rec: dict, scale_stats: tuple[float, float], emotion_dim: int) -> dict:
@@ -217,8 +218,7 @@ def _split_entries(index: records.ClipIndex, val_persons: Sequence[str], split: 
 def _num_windows(frames: Sequence[int], window: int, context: int) -> int:
   """How many windows the stage 2 pipeline cuts from clips of these lengths."""
   from vasa_jax.data import pipelines  # pylint: disable=import-outside-toplevel
-  return sum(len(pipelines._window_starts(t, window, context))  # pylint: disable=protected-access
-             for t in frames)
+  return sum(len(pipelines.window_starts(t, window, context)) for t in frames)
 
 
 def _check_latent(latent_checkpoint, motion_config, index: records.ClipIndex) -> dict:
@@ -479,8 +479,6 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
 # ------------------------------------------------------------------------------- writing
 
 
-
-
 def render_markdown(result: dict) -> str:
   """Summary table (one row per mouth series), the readout's R^2 and the validation loss."""
   mn, r = result["means"], result["ridge"]
@@ -497,9 +495,9 @@ def render_markdown(result: dict) -> str:
            f"guidance audio {result['cfg_audio']} / gaze {result['cfg_gaze']}, controls "
            f"{'from each clip' if result['use_controls'] else 'dropped'}.", "",
            "Mouth readout (ridge [z_pose, z_dyn] -> mouth_open, fitted within the training "
-           f"persons' clips): R^2 within clips train {report.fmt(r['r2_train_within_clip'])}, "
-           f"held-out persons {report.fmt(r['r2_val_within_clip'])} (a plain fit: train "
-           f"{report.fmt(r['r2_train'])}, held-out {report.fmt(r['r2_val'])}). Largest weights: "
+           f"persons' clips): R^2 within clips train {fmt(r['r2_train_within_clip'])}, "
+           f"held-out persons {fmt(r['r2_val_within_clip'])} (a plain fit: train "
+           f"{fmt(r['r2_train'])}, held-out {fmt(r['r2_val'])}). Largest weights: "
            + ", ".join(f"{d['dim']} {d['weight']:+.3f}" for d in r["top_dims"][:3]) + ".", "",
            "| mouth series | corr w/ label | corr w/ real-motion readout | sync corr detrended "
            "| lag (frames) | sync corr raw | lag raw | spread (std) | spread detrended |",
@@ -507,17 +505,17 @@ def render_markdown(result: dict) -> str:
   for label, name, c_label, c_real, spread in rows:
     p = f"sync_{name}_"
     lines.append(
-        f"| {label} | {report.fmt(c_label)} | {report.fmt(c_real)} | {report.fmt(mn[p + 'corr_detrended'])} | "
-        f"{report.fmt(mn[p + 'lag_detrended'], '{:+.1f}')} | {report.fmt(mn[p + 'corr_raw'])} | "
-        f"{report.fmt(mn[p + 'lag_raw'], '{:+.1f}')} | {report.fmt(spread, '{:.4f}')} | "
-        f"{report.fmt(mn[p + 'mouth_std_detrended'], '{:.4f}')} |")
+        f"| {label} | {fmt(c_label)} | {fmt(c_real)} | {fmt(mn[p + 'corr_detrended'])} | "
+        f"{fmt(mn[p + 'lag_detrended'], '{:+.1f}')} | {fmt(mn[p + 'corr_raw'])} | "
+        f"{fmt(mn[p + 'lag_raw'], '{:+.1f}')} | {fmt(spread, '{:.4f}')} | "
+        f"{fmt(mn[p + 'mouth_std_detrended'], '{:.4f}')} |")
   lines += ["", f"Detrended correlations of the generated readout: with the label "
-            f"{report.fmt(mn['gen_vs_label_detrended'])}, with the real-motion readout "
-            f"{report.fmt(mn['gen_vs_real_detrended'])} (real readout vs label "
-            f"{report.fmt(mn['real_vs_label_detrended'])}).",
-            f"Spread, generated / real: mouth readout {report.fmt(mn['spread_ratio'], '{:.2f}')}; "
-            f"motion (normalised units) pose {report.fmt(mn['pose_std_ratio'], '{:.2f}')}, dynamics "
-            f"{report.fmt(mn['dyn_std_ratio'], '{:.2f}')}.", ""]
+            f"{fmt(mn['gen_vs_label_detrended'])}, with the real-motion readout "
+            f"{fmt(mn['gen_vs_real_detrended'])} (real readout vs label "
+            f"{fmt(mn['real_vs_label_detrended'])}).",
+            f"Spread, generated / real: mouth readout {fmt(mn['spread_ratio'], '{:.2f}')}; "
+            f"motion (normalised units) pose {fmt(mn['pose_std_ratio'], '{:.2f}')}, dynamics "
+            f"{fmt(mn['dyn_std_ratio'], '{:.2f}')}.", ""]
   if not 0.5 <= mn["spread_ratio"] <= 2.0:
     lines += [f"**Warning**: the generated mouth signal moves {mn['spread_ratio']:.2f}x as much "
               "as the real one; its sync correlation is not comparable to the real rows (a "
@@ -526,19 +524,19 @@ def render_markdown(result: dict) -> str:
   loss = result.get("loss")
   if loss:
     lines += [f"Validation diffusion loss ({loss['batches']} batches of {loss['batch_size']} "
-              f"windows, random t with a fixed key): x0 MSE {report.fmt(loss.get('loss_x0'), '{:.4f}')}"
-              f", velocity MSE {report.fmt(loss.get('loss_velocity'), '{:.4f}')}, total "
-              f"{report.fmt(loss.get('loss'), '{:.4f}')}.", ""]
+              f"windows, random t with a fixed key): x0 MSE {fmt(loss.get('loss_x0'), '{:.4f}')}"
+              f", velocity MSE {fmt(loss.get('loss_velocity'), '{:.4f}')}, total "
+              f"{fmt(loss.get('loss'), '{:.4f}')}.", ""]
   lines += ["## Per clip", "",
             "| clip | person | frames | corr gen-label | corr gen-real | sync gen (det.) | "
             "sync real (det.) | sync label (det.) | std gen | std real |",
             "|---|---|---|---|---|---|---|---|---|---|"]
   for c in result["clips"]:
-    lines.append(f"| {c['clip']} | {c['person']} | {c['frames']} | {report.fmt(c['gen_vs_label'])} | "
-                 f"{report.fmt(c['gen_vs_real'])} | {report.fmt(c['sync_generated_corr_detrended'])} | "
-                 f"{report.fmt(c['sync_real_motion_corr_detrended'])} | "
-                 f"{report.fmt(c['sync_label_corr_detrended'])} | "
-                 f"{report.fmt(c['std_generated'], '{:.4f}')} | {report.fmt(c['std_real_motion'], '{:.4f}')} |")
+    lines.append(f"| {c['clip']} | {c['person']} | {c['frames']} | {fmt(c['gen_vs_label'])} | "
+                 f"{fmt(c['gen_vs_real'])} | {fmt(c['sync_generated_corr_detrended'])} | "
+                 f"{fmt(c['sync_real_motion_corr_detrended'])} | "
+                 f"{fmt(c['sync_label_corr_detrended'])} | "
+                 f"{fmt(c['std_generated'], '{:.4f}')} | {fmt(c['std_real_motion'], '{:.4f}')} |")
   lines.append("")
   return "\n".join(lines)
 

@@ -124,8 +124,7 @@ class Pipeline:
     self._sampler_lib = sampler_lib
 
     self.face_model = FaceModel(latent_config.model)
-    face_cfg = layers.as_face_config(latent_config.model)
-    self._face_cfg = face_cfg
+    self._face_cfg = layers.as_face_config(latent_config.model)
     self.motion_model = motion_dit.build_motion_model(motion_config)
     self._denoise_fn, encode_fn = motion_dit.make_apply_fns(self.motion_model)
     self.audio_receptive_past = int(self.motion_model.audio_encoder.receptive_past)
@@ -138,9 +137,8 @@ class Pipeline:
     def encode_portrait(params, img, labels, valid):  # (1, R, R, 3) uint8, (1, 5), (1,)
       x = img.astype(jnp.float32) / 127.5 - 1.0
       lat = face.apply({"params": params}, x, method=FaceModel.encode)
-      z_pose, z_dyn = lat["z_pose"], lat["z_dyn"]
-      if face_cfg.label_motion:  # as in training: the face mesh's pose and mouth
-        z_pose, z_dyn = motion_labels.apply_motion_labels(z_pose, z_dyn, labels, valid)
+      # As in training: the face mesh's pose and mouth (rows are invalid without label_motion).
+      z_pose, z_dyn = motion_labels.apply_motion_labels(lat["z_pose"], lat["z_dyn"], labels, valid)
       v_can = face.apply({"params": params}, lat["v_app"], lat["z_id"], z_pose, z_dyn, x,
                          method=FaceModel.canonicalize)
       return v_can, lat["z_id"], z_pose, z_dyn

@@ -31,6 +31,8 @@ LABEL_DIM = 5
 POSE_SIGN = (1.0, -1.0, -1.0)
 # z_pose entries the labels set: yaw, pitch, roll, log scale (tx, ty stay learned).
 POSE_INDEX = (0, 1, 2, 5)
+# The z_dyn entry the label sets: the mouth opening.
+MOUTH_INDEX = 0
 # Stay inside the encoder's tanh bounds (`face_encoder.POSE_BOUNDS`) so it can match the label.
 _BOUNDS = np.asarray(POSE_BOUNDS, np.float32)[list(POSE_INDEX)] * 0.98
 
@@ -86,13 +88,13 @@ def apply_motion_labels(z_pose: jax.Array, z_dyn: jax.Array, labels: jax.Array,
   labels = labels.astype(z_pose.dtype)
   pose_idx = jnp.asarray(POSE_INDEX)
   z_pose = z_pose.at[:, pose_idx].set(jnp.where(on, labels[:, :4], z_pose[:, pose_idx]))
-  z_dyn = z_dyn.at[:, 0].set(jnp.where(on[:, 0], labels[:, 4], z_dyn[:, 0]))
+  z_dyn = z_dyn.at[:, MOUTH_INDEX].set(jnp.where(on[:, 0], labels[:, 4], z_dyn[:, MOUTH_INDEX]))
   return z_pose, z_dyn
 
 
 def swap_unlabelled_dyn(z_dyn: jax.Array, z_dyn_other: jax.Array, take: jax.Array) -> jax.Array:
-  """z_dyn with its unlabelled entries (all but the mouth, 0) taken from `z_dyn_other` where
-  `take`.
+  """z_dyn with its unlabelled entries (all but the mouth, `MOUTH_INDEX`) taken from
+  `z_dyn_other` where `take`.
 
   Stage-1 training renders the driver this way for part of the batch: the encoder's free
   entries also see the driver's mouth, and a decoder that reads the mouth from them ignores the
@@ -104,7 +106,7 @@ def swap_unlabelled_dyn(z_dyn: jax.Array, z_dyn_other: jax.Array, take: jax.Arra
   Returns:
     (B, Zd).
   """
-  keep = jnp.arange(z_dyn.shape[-1]) == 0  # (Zd,) the labelled mouth entry
+  keep = jnp.arange(z_dyn.shape[-1]) == MOUTH_INDEX  # (Zd,)
   use_other = take.astype(bool)[:, None] & ~keep[None]
   return jnp.where(use_other, z_dyn_other.astype(z_dyn.dtype), z_dyn)
 
@@ -119,5 +121,5 @@ def label_loss(z_pose: jax.Array, z_dyn: jax.Array, labels: jax.Array,
   valid = valid.astype(jnp.float32)
   n = jnp.maximum(jnp.sum(valid), 1.0)
   pose_err = jnp.abs(z_pose[:, jnp.asarray(POSE_INDEX)] - labels[:, :4]).sum(-1)
-  mouth_err = jnp.abs(z_dyn[:, 0] - labels[:, 4])
+  mouth_err = jnp.abs(z_dyn[:, MOUTH_INDEX] - labels[:, 4])
   return jnp.sum(pose_err * valid) / n, jnp.sum(mouth_err * valid) / n

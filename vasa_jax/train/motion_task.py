@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from vasa_jax.diffusion import schedule as schedule_lib
+from vasa_jax.models import motion_labels
 from vasa_jax.models.motion_dit import build_motion_model
 from vasa_jax.train import motion_losses, optim
 from vasa_jax.train.state import TrainState
@@ -111,7 +112,8 @@ class MotionTask:
     if mouth == 1.0:
       return None
     m = self.config.model
-    return jnp.ones((m.motion_dim,), jnp.float32).at[m.z_pose_dim].set(mouth)
+    i = m.z_pose_dim + motion_labels.MOUTH_INDEX  # [z_pose, z_dyn]
+    return jnp.ones((m.motion_dim,), jnp.float32).at[i].set(mouth)
 
   def train_step(self, state: TrainState, batch, rng):
     """One AdamW step on the diffusion loss; returns (state, metrics with "loss")."""
