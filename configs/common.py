@@ -81,6 +81,10 @@ def optim_config(lr, min_lr, b1=0.9, b2=0.999, weight_decay=1e-2, warmup=100, cl
   c.warmup_steps = warmup
   c.grad_clip = clip
   c.ema_decay = ema_decay  # 0 disables the EMA copy of the parameters.
+  # Parameter subtrees kept fixed: comma-separated "/"-joined paths from the top of the
+  # parameters (e.g. "gen/encoder": a stage-1 decoder fine-tune that leaves the motion space,
+  # and so stage 2, as they were). "" = train everything.
+  c.freeze = ""
   return c
 
 
@@ -95,4 +99,7 @@ def train_config(num_steps, batch_size, log_every=10, ckpt_every=500, sample_eve
   c.async_checkpoint = True
   c.compute_dtype = "float32"  # "bfloat16" for mixed precision; params stay float32
   c.distributed = False  # call jax.distributed.initialize() at start (multi-host)
+  # A run (workdir, checkpoints dir, step dir or export) whose parameters start a fresh run in
+  # place of random ones; optimizer, schedule and step start over. "" = random init.
+  c.init_from = ""
   return c

@@ -198,3 +198,53 @@ def test_distributed_init_is_opt_in(monkeypatch):
   assert distributed.wanted(cfg)
   monkeypatch.setenv(distributed.ENV_VAR, "1")
   assert distributed.wanted(toy.get_config()) and distributed.wanted(None)
+
+
+def test_init_from_another_run_and_frozen_layers(full_run, tmp_path):
+  source, _, _ = full_run
+  start = _params(source)
+  cfg = _config(num_steps=5, log_every=1, init_from=str(source))
+  cfg.optim.freeze = "fc1"  # as `--config.optim.freeze=fc1` gives it
+  result, _ = _run(cfg, tmp_path / "warm")
+  assert result["step"] == 5  # a fresh run: step, optimizer and schedule start over
+  got = _params(tmp_path / "warm")
+  _assert_trees_close(got["fc1"], start["fc1"], rtol=0, atol=0)  # frozen: bit for bit
+  assert not np.allclose(got["fc2"]["kernel"], start["fc2"]["kernel"])  # trained on
+  fresh, _ = _run(_config(num_steps=1, log_every=1), tmp_path / "fresh")
+  first = json.loads((tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()[0])
+  assert first["loss"] < 0.8 * fresh["loss"]  # starts where the source run ended
+
+
+def test_init_from_and_freeze_reject_what_does_not_fit(full_run, tmp_path):
+  from vasa_jax.errors import VasaInputError  # pylint: disable=g-import-not-at-top
+  source, _, _ = full_run
+  cfg = _config(num_steps=2)
+  cfg.optim.freeze = "encoder"
+  with pytest.raises(VasaInputError, match="optim.freeze entry 'encoder'.*fc1"):
+    _run(cfg, tmp_path / "bad_freeze")
+  cfg = _config(num_steps=2, init_from=str(source))
+  cfg.model.hidden = 48
+  with pytest.raises(VasaInputError, match="does not fit.*of another shape"):
+    _run(cfg, tmp_path / "bad_init")
+  cfg = _config(num_steps=2, init_from=str(tmp_path / "nowhere"))
+  with pytest.raises(ckpt_lib.CheckpointError, match="nowhere"):
+    _run(cfg, tmp_path / "missing")
+
+
+def test_warm_start_keeps_fresh_parameters_the_source_lacks(monkeypatch):
+  from vasa_jax.errors import VasaInputError  # pylint: disable=g-import-not-at-top
+  from vasa_jax.train.state import TrainState  # pylint: disable=g-import-not-at-top
+  fresh = {"gen": {"a": jnp.zeros((2, 3)), "new": jnp.full((4,), 7.0)}, "disc": {"d": jnp.ones(2)}}
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=fresh, opt_state=None,
+                     ema_params=fresh)
+  source = {"gen": {"a": np.arange(6.0).reshape(2, 3)}}  # an older model, no discriminator
+  monkeypatch.setattr(ckpt_lib, "load_params", lambda path, ema=True: (None, source))
+  out = loop.warm_start(state, "old_run")
+  np.testing.assert_array_equal(out.params["gen"]["a"], source["gen"]["a"])
+  np.testing.assert_array_equal(out.params["gen"]["new"], 7.0)  # added since: kept
+  np.testing.assert_array_equal(out.params["disc"]["d"], 1.0)
+  assert out.ema_params is out.params
+  monkeypatch.setattr(ckpt_lib, "load_params",
+                      lambda path, ema=True: (None, {"gen": {"gone": np.zeros(1)}}))
+  with pytest.raises(VasaInputError, match="1 parameters it lacks"):
+    loop.warm_start(state, "other_model")

@@ -162,3 +162,54 @@ def test_move_box_follows_the_scale_shift_of_the_frame():
     np.testing.assert_allclose([(xs.mean() + 0.5) / 64, (ys.mean() + 0.5) / 64], got[:2],
                                atol=1.0 / 64)
     np.testing.assert_allclose((xs.max() - xs.min() + 1) / 64, 2 * got[2], atol=1.5 / 64)
+
+
+def test_audio_augment_is_one_channel_change_per_call():
+  from vasa_jax.data.audio_features import LOG_EPS
+  rng = np.random.default_rng(0)
+  power = rng.uniform(1.0, 100.0, (6, 4, 80))
+  power[:, :, 70:] = 0.0  # a silent top band
+  feats = np.log(power + LOG_EPS).astype(np.float32)
+  floor = np.float32(np.log(LOG_EPS))
+
+  gain_only = pipelines.augment_log_mel(feats, np.random.default_rng(1), 1.5, 0.0, 0)
+  diff = (gain_only - feats)[..., :70]
+  assert np.ptp(diff) < 1e-4 and 0 < abs(diff.mean()) <= 1.5  # one gain for every frame and band
+  np.testing.assert_allclose(gain_only[..., 70:], floor, atol=1e-5)  # silence stays silent
+
+  tilt_only = pipelines.augment_log_mel(feats, np.random.default_rng(2), 0.0, 1.0, 0)
+  per_band = (tilt_only - feats)[0, 0, :70]
+  np.testing.assert_allclose(np.diff(per_band), np.diff(per_band)[0], atol=1e-4)  # linear tilt
+  assert abs(per_band[-1] - per_band[0]) <= 2.0 * 70 / 79 + 1e-4
+
+  widths = []
+  for seed in range(20):
+    masked = pipelines.augment_log_mel(feats, np.random.default_rng(seed), 0.0, 0.0, 10)
+    silenced = np.all(np.isclose(masked[..., :70], floor, atol=1e-4), axis=(0, 1))
+    bands = np.nonzero(silenced)[0]
+    if bands.size:
+      assert np.all(np.diff(bands) == 1)  # one contiguous run
+    widths.append(bands.size)
+    np.testing.assert_allclose(masked[..., :70][..., ~silenced], feats[..., :70][..., ~silenced],
+                               atol=1e-4)
+  assert max(widths) <= 10 and max(widths) > 0
+
+  a = pipelines.augment_log_mel(feats, np.random.default_rng(3), 1.5, 1.0, 10)
+  np.testing.assert_array_equal(a, pipelines.augment_log_mel(feats, np.random.default_rng(3),
+                                                             1.5, 1.0, 10))
+  assert a.shape == feats.shape and a.dtype == np.float32
+
+
+def test_only_training_windows_get_audio_augmentation(motion_config):
+  plain = motion_config
+  aug = load_config("configs/motion.py:tiny")
+  aug.data.audio_augment = True
+  assert not plain.data.audio_augment and load_config("configs/motion.py:demo").data.audio_augment
+  for split, changed in (("train", True), ("val", False)):
+    a = next(iter(pipelines.make_dataset(plain, split, 0, 1)))
+    b = next(iter(pipelines.make_dataset(aug, split, 0, 1)))
+    np.testing.assert_array_equal(a["motion"], b["motion"])  # same windows, only the audio moves
+    assert (not np.array_equal(a["audio"], b["audio"])) == changed, split
+    # A first window has no context: it stays all zeros.
+    no_prev = ~b["has_prev"]
+    assert not b["audio_prev"][no_prev].any()

@@ -29,7 +29,9 @@ drivers' zoom and shift; zeros for synthetic data).
 
 Stage 2 (`make_motion_dataset`): element index -> (clip, window start) over windows of W frames
 (starts 0, K, K + W/2, ...; all but the first jittered by up to W/2 frames). The first window of
-a clip has `has_prev` False and zero context; clips shorter than W frames are left out.
+a clip has `has_prev` False and zero context; clips shorter than W frames are left out. With
+`config.data.audio_augment`, training windows get a random gain, spectral tilt and frequency mask
+on their log-mel features (`augment_log_mel`), one per window and its context.
 """
 from __future__ import annotations
 
@@ -471,6 +473,37 @@ class _LatentElement:
 # --------------------------------------------------------------------------- stage 2 elements
 
 
+def augment_log_mel(feats: np.ndarray, rng: np.random.Generator, gain: float, tilt: float,
+                    freq_mask: int) -> np.ndarray:
+  """One random recording-channel change of log-mel features, in the power domain.
+
+  A stage 2 trained on a few hundred clips otherwise tells clips apart by their loudness and
+  microphone colour and learns their motion by heart: on unseen speakers its mouth did not
+  follow the speech (`vasa-jax eval-motion`). The change keeps what the lips follow, the timing
+  of loudness within the window: an overall gain of up to +-`gain` nats, a linear spectral tilt
+  of up to +-`tilt` nats from the lowest to the highest band, and one run of up to `freq_mask`
+  bands set to silence (SpecAugment's frequency mask).
+
+  Args:
+    feats: (..., 80) log(mel power + LOG_EPS) (`audio_features.log_mel`); one draw for all of it.
+    rng: generator.
+    gain, tilt: largest changes (natural log of power); freq_mask: widest masked run (bands).
+  Returns:
+    float32 array of the shape of `feats`.
+  """
+  from vasa_jax.data.audio_features import LOG_EPS  # pylint: disable=import-outside-toplevel
+  n_mels = feats.shape[-1]
+  shift = (rng.uniform(-gain, gain) +
+           rng.uniform(-tilt, tilt) * np.linspace(-1.0, 1.0, n_mels))  # (80,)
+  keep = np.ones((n_mels,), np.float64)
+  width = int(rng.integers(0, freq_mask + 1)) if freq_mask > 0 else 0
+  if width:
+    lo = int(rng.integers(0, n_mels - width + 1))
+    keep[lo:lo + width] = 0.0
+  power = np.maximum(np.exp(np.asarray(feats, np.float64)) - LOG_EPS, 0.0)
+  return np.log(power * np.exp(shift) * keep + LOG_EPS).astype(np.float32)
+
+
 def window_starts(num_frames: int, window: int, context: int) -> list[int]:
   if num_frames < window:
     return []
@@ -490,6 +523,8 @@ class _MotionElement:
   scale_mean: float
   scale_std: float
   emotion_dim: int
+  # (gain, tilt, freq_mask) of `augment_log_mel`, or None: features as recorded.
+  audio_augment: tuple[float, float, int] | None = None
 
   def __call__(self, index, rng: np.random.Generator) -> dict:
     k, start = (int(x) for x in self.windows[int(index)])
@@ -505,6 +540,10 @@ class _MotionElement:
     if start > 0:  # jitter all but the first window so windows do not always start on a grid
       start = int(min(start + rng.integers(0, max(1, w // 2)), t - w))
     has_prev = start >= c and start > 0
+    if self.audio_augment is not None:  # the same change for the window and its context
+      lo = max(start - c, 0)
+      feats = feats.copy()
+      feats[lo:start + w] = augment_log_mel(feats[lo:start + w], rng, *self.audio_augment)
     if has_prev:
       motion_prev, audio_prev = motion[start - c:start], feats[start - c:start]
     else:
@@ -702,8 +741,12 @@ def _motion_parts(config, split: str, synthetic: bool | None):
   if not windows:
     raise VasaInputError(f"No clip of the {split!r} split has at least {window} frames "
                          "(data.window); lower data.window or add longer clips.")
+  augment = None
+  if split == "train" and config.data.get("audio_augment", False):
+    augment = (float(config.data.audio_gain), float(config.data.audio_tilt),
+               int(config.data.audio_freq_mask))
   make = _MotionElement(clips, np.asarray(windows, np.int64), window, context, mean, std,
-                        scale_stats[0], scale_stats[1], int(config.model.emotion_dim))
+                        scale_stats[0], scale_stats[1], int(config.model.emotion_dim), augment)
   return make, len(windows)
 
 

@@ -281,6 +281,7 @@ def validation_loss(config, params, motion_dir, split: str, val_persons: Sequenc
   config.data.synthetic = False
   config.data.worker_count = 0
   config.data.val_persons = list(val_persons)
+  config.data.audio_augment = False  # measured on the audio as recorded, also for split=train
   task = MotionTask(config)
   bsz = int(config.train.batch_size)
   n = max(1, min(max_batches, -(-num_windows // bsz)))

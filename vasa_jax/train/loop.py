@@ -13,7 +13,7 @@ import logging
 import math
 import io
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,6 +25,7 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from vasa_jax import config_utils
+from vasa_jax.errors import VasaInputError
 from vasa_jax.train import checkpoint as ckpt_lib
 from vasa_jax.train import distributed
 from vasa_jax.train import optim
@@ -84,8 +85,104 @@ def create_sharded_state(task, batch_spec, mesh, rules, rng, shardings):
     return init(shd.replicate(rng, mesh))
 
 
-def make_train_step(task):
-  """Wraps `task.train_step` with what the loop owns: rng folding, the step counter, NaN watch.
+def _split_path(path: str) -> tuple[str, ...]:
+  return tuple(p for p in str(path).split("/") if p)
+
+
+def _subtree(tree, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _replace_subtree(tree: dict, path: tuple[str, ...], value) -> dict:
+  if not path:
+    return value
+  out = dict(tree)
+  out[path[0]] = _replace_subtree(tree[path[0]], path[1:], value)
+  return out
+
+
+def check_freeze_paths(params, paths) -> list[tuple[str, ...]]:
+  """`optim.freeze` entries (a list, or one comma-separated string) as key tuples, each
+  checked to name a subtree of `params`.
+
+  Raises:
+    VasaInputError: a path that is not in the parameters (the message lists the top keys).
+  """
+  if isinstance(paths, str):  # --config.optim.freeze=gen/encoder,gen/decoder/...
+    paths = [p for p in paths.split(",") if p.strip()]
+  out = []
+  for path in paths or ():
+    keys = _split_path(path)
+    try:
+      _subtree(params, keys)
+    except (KeyError, TypeError) as e:
+      raise VasaInputError(
+          f"optim.freeze entry {path!r} is not a parameter subtree; the parameters start with "
+          f"{sorted(params)} (e.g. 'gen/encoder' for the stage-1 encoders)") from e
+    out.append(keys)
+  return out
+
+
+def keep_frozen(old_state, new_state, frozen: Sequence[tuple[str, ...]]):
+  """`new_state` with the `frozen` parameter subtrees (and their EMA) taken from `old_state`.
+
+  Applied after the task's update, so the optimizer state keeps its structure (a frozen run
+  resumes from, and into, ordinary checkpoints) and weight decay cannot move them either.
+  """
+  if not frozen:
+    return new_state
+  params, ema = new_state.params, new_state.ema_params
+  for keys in frozen:
+    params = _replace_subtree(params, keys, _subtree(old_state.params, keys))
+    if ema is not None:
+      ema = _replace_subtree(ema, keys, _subtree(old_state.ema_params, keys))
+  return new_state.replace(params=params, ema_params=ema)
+
+
+def warm_start(state, init_from: str):
+  """`state` with its parameters (and EMA copy) replaced by those of another run.
+
+  Args:
+    state: a freshly initialised TrainState (its leaves carry the target shardings).
+    init_from: a workdir, checkpoints dir, step dir or export (`checkpoint.load_params`; its
+      EMA parameters when it kept them). Parameters it lacks keep their fresh initialisation:
+      an export has no discriminator, and a module added since (e.g. `model.g2d_dyn_cond`,
+      zero-initialised so the warm start renders as before) starts from scratch.
+  Raises:
+    VasaInputError: parameters of the source run that this model lacks or has in another shape.
+  """
+  _, loaded = ckpt_lib.load_params(init_from, ema=True)
+  got = _by_path(loaded)
+  fresh = _by_path(state.params)
+  unknown = sorted(k for k in got if k not in fresh)
+  wrong = sorted(k for k in got if k in fresh and np.shape(got[k]) != np.shape(fresh[k]))
+  if unknown or wrong:
+    raise VasaInputError(
+        f"train.init_from={init_from} does not fit this config's model: "
+        + (f"{len(unknown)} parameters it lacks (e.g. {unknown[:3]})" if unknown else "")
+        + ("; " if unknown and wrong else "")
+        + (f"{len(wrong)} of another shape (e.g. {wrong[:3]})" if wrong else "")
+        + ". Start from a run of the same stage and config variant.")
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, ref: (jax.device_put(jnp.asarray(got[jax.tree_util.keystr(path)], ref.dtype),
+                                        ref.sharding)
+                         if jax.tree_util.keystr(path) in got else ref), state.params)
+  new = sorted(k for k in fresh if k not in got)
+  log.info("Parameters initialised from %s; %d kept their fresh initialisation%s", init_from,
+           len(new), f" (e.g. {new[:3]})" if new else "")
+  ema = params if state.ema_params is not None else None
+  return state.replace(params=params, ema_params=ema)
+
+
+def _by_path(tree) -> dict:
+  return {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def make_train_step(task, frozen: Sequence[tuple[str, ...]] = ()):
+  """Wraps `task.train_step` with what the loop owns: rng folding, the step counter, NaN watch,
+  frozen parameters (`keep_frozen`).
 
   The returned function maps (state, batch, rng, first_bad) -> (state, metrics, first_bad);
   `first_bad` is the first step whose loss was not finite (-1 if none), kept on device so
@@ -94,6 +191,7 @@ def make_train_step(task):
   def step_fn(state, batch, rng, first_bad):
     step_rng = jax.random.fold_in(rng, state.step)
     new_state, metrics = task.train_step(state, batch, step_rng)
+    new_state = keep_frozen(state, new_state, frozen)
     new_state = new_state.replace(step=state.step + 1)
     finite = jnp.isfinite(metrics["loss"])
     first_bad = jnp.where((first_bad < 0) & ~finite, state.step + 1, first_bad)
@@ -101,11 +199,11 @@ def make_train_step(task):
   return step_fn
 
 
-def _compile_step(task, abstract, shardings, batch_spec, mesh, rules):
+def _compile_step(task, abstract, shardings, batch_spec, mesh, rules, frozen=()):
   """jit with in/out shardings and donation, lowered and compiled ahead of time."""
   repl = shd.replicated(mesh)
   jitted = jax.jit(
-      make_train_step(task),
+      make_train_step(task, frozen),
       in_shardings=(shardings, shd.data_sharding(mesh), repl, repl),
       out_shardings=(shardings, repl, repl),
       donate_argnums=(0, 3))
@@ -149,7 +247,8 @@ def compile_train_step(config, mesh, batch_shapes, task=None) -> jax.stages.Comp
   rules = shd.logical_rules(config)
   batch_spec = _batch_spec_from_shapes(batch_shapes, mesh)
   abstract, shardings = abstract_state(task, batch_spec, mesh, rules)
-  compiled, seconds = _compile_step(task, abstract, shardings, batch_spec, mesh, rules)
+  frozen = check_freeze_paths(abstract.params, config.get("optim", {}).get("freeze", []))
+  compiled, seconds = _compile_step(task, abstract, shardings, batch_spec, mesh, rules, frozen)
   log.info("Compiled the %s train step for mesh %s in %.1fs", config.get("stage"),
            dict(mesh.shape), seconds)
   return compiled
@@ -260,13 +359,17 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
     else:
       start = 0
       state = create_sharded_state(task, batch_spec, mesh, rules, init_rng, shardings)
+      if tc.get("init_from", ""):
+        state = warm_start(state, tc.init_from)
+    frozen = check_freeze_paths(abstract.params, config.get("optim", {}).get("freeze", []))
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
     log.info("Parameters: %s", f"{n_params:,}")
 
     # ---- Train step, compiled ahead of time (never retraced in the loop) ----
     compiled, compile_s = None, 0.0
     if start < stop_at:
-      compiled, compile_s = _compile_step(task, abstract, shardings, batch_spec, mesh, rules)
+      compiled, compile_s = _compile_step(task, abstract, shardings, batch_spec, mesh, rules,
+                                          frozen)
       log.info("Compiled the train step in %.1fs", compile_s)
 
     # ---- Loop ----
