@@ -20,16 +20,22 @@ mkdir -p "$out/inputs" "$out/videos"
 held=(SadTalker__examples_ref_video_WDA_AlexandriaOcasioCortez_000
       SadTalker__test_examples_source_image_WDA_BobMenendez_000
       smirk__samples_skarsgard video-retalking__examples_face_3)
-# First frames and 12 s of audio of the held-out clips; the real clips for the reference rows.
-"$py" - "$data" "$out" "${held[@]}" <<'PY'
-import csv, sys
+mapfile -t portraits < <(ls "$data"/portraits/* | sort)
+# First frames and 12 s of audio of the held-out clips; 12 s of speech/ clip (i * 5) mod n for
+# portrait i; the real clips for the reference rows.
+"$py" - "$data" "$out" "${#portraits[@]}" "${held[@]}" <<'PY'
+import csv, pathlib, sys
 from PIL import Image
 from vasa_jax.data import media
-data, out, held = sys.argv[1], sys.argv[2], sys.argv[3:]
+data, out, n_portraits, held = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 for name in held:
   v = media.read_video(f"{data}/clips/{name}.mp4", fps=25.0, max_side=720)
   Image.fromarray(v.frames[0]).save(f"{out}/inputs/{name}.png")
   media.write_wav(f"{out}/inputs/{name}.wav", v.audio[:16000 * 12], 16000)
+speech = sorted(str(p) for p in pathlib.Path(data, "speech").iterdir())
+for i in range(n_portraits):
+  wav = media.read_audio(speech[(i * 5) % len(speech)])
+  media.write_wav(f"{out}/inputs/speech_{i}.wav", wav[:16000 * 12], 16000)
 rows = list(csv.DictReader(open(f"{data}/manifest.csv")))
 others = sorted(r["path"] for r in rows
                 if r["kind"] == "A" and float(r["dur_s"]) >= 4
@@ -45,11 +51,7 @@ gen() {  # image audio name
 for n in "${held[@]}"; do
   gen "$out/inputs/$n.png" "$out/inputs/$n.wav" "val_$n"
 done
-mapfile -t portraits < <(ls "$data"/portraits/* | sort)
-mapfile -t speech < <(ls "$data"/speech/* | sort)
 for i in "${!portraits[@]}"; do
-  a=${speech[$(( (i * 5) % ${#speech[@]} ))]}
-  "$py" -c "import sys; from vasa_jax.data import media; media.write_wav(sys.argv[2], media.read_audio(sys.argv[1])[:16000 * 12], 16000)" "$a" "$out/inputs/speech_$i.wav"
   gen "${portraits[$i]}" "$out/inputs/speech_$i.wav" "$(printf 'unseen_%02d' "$i")_$(basename "${portraits[$i]%.*}")"
 done
 mapfile -t real < "$out/real.txt"

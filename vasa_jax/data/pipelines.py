@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from vasa_jax.data import face_labels, records
+from vasa_jax.data.audio_features import LOG_EPS
 from vasa_jax.errors import VasaInputError
 
 EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
@@ -491,7 +492,6 @@ def augment_log_mel(feats: np.ndarray, rng: np.random.Generator, gain: float, ti
   Returns:
     float32 array of the shape of `feats`.
   """
-  from vasa_jax.data.audio_features import LOG_EPS  # pylint: disable=import-outside-toplevel
   n_mels = feats.shape[-1]
   shift = (rng.uniform(-gain, gain) +
            rng.uniform(-tilt, tilt) * np.linspace(-1.0, 1.0, n_mels))  # (80,)
@@ -540,12 +540,12 @@ class _MotionElement:
     if start > 0:  # jitter all but the first window so windows do not always start on a grid
       start = int(min(start + rng.integers(0, max(1, w // 2)), t - w))
     has_prev = start >= c and start > 0
+    lo = max(start - c, 0)
+    audio = feats[lo:start + w]  # (<= K + W, 4, 80): the context, then the window
     if self.audio_augment is not None:  # the same change for the window and its context
-      lo = max(start - c, 0)
-      feats = feats.copy()
-      feats[lo:start + w] = augment_log_mel(feats[lo:start + w], rng, *self.audio_augment)
+      audio = augment_log_mel(audio, rng, *self.audio_augment)
     if has_prev:
-      motion_prev, audio_prev = motion[start - c:start], feats[start - c:start]
+      motion_prev, audio_prev = motion[start - c:start], audio[:c]
     else:
       motion_prev = np.zeros((c, motion.shape[-1]), np.float32)
       audio_prev = np.zeros((c,) + feats.shape[1:], np.float32)
@@ -558,7 +558,7 @@ class _MotionElement:
     return {
         "motion": motion[start:start + w],  # (W, Dm)
         "motion_prev": motion_prev,  # (K, Dm)
-        "audio": feats[start:start + w],  # (W, 4, 80)
+        "audio": audio[start - lo:],  # (W, 4, 80)
         "audio_prev": audio_prev,  # (K, 4, 80)
         "has_prev": np.asarray(has_prev),
         "gaze": (np.asarray(rec["main_gaze"], np.float32).reshape(2) if "main_gaze" in rec

@@ -85,22 +85,17 @@ def create_sharded_state(task, batch_spec, mesh, rules, rng, shardings):
     return init(shd.replicate(rng, mesh))
 
 
-def _split_path(path: str) -> tuple[str, ...]:
-  return tuple(p for p in str(path).split("/") if p)
+def _names(path) -> tuple[str, ...]:
+  """A tree_util key path as plain names: ("gen", "encoder", "conv", "kernel")."""
+  return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
-def _subtree(tree, path: tuple[str, ...]):
-  for key in path:
-    tree = tree[key]
-  return tree
+def _by_path(tree) -> dict:
+  return {_names(k): x for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _replace_subtree(tree: dict, path: tuple[str, ...], value) -> dict:
-  if not path:
-    return value
-  out = dict(tree)
-  out[path[0]] = _replace_subtree(tree[path[0]], path[1:], value)
-  return out
+def _under(names: tuple[str, ...], prefixes: Sequence[tuple[str, ...]]) -> bool:
+  return any(names[:len(p)] == p for p in prefixes)
 
 
 def check_freeze_paths(params, paths) -> list[tuple[str, ...]]:
@@ -112,15 +107,14 @@ def check_freeze_paths(params, paths) -> list[tuple[str, ...]]:
   """
   if isinstance(paths, str):  # --config.optim.freeze=gen/encoder,gen/decoder/...
     paths = [p for p in paths.split(",") if p.strip()]
+  leaves = list(_by_path(params))
   out = []
   for path in paths or ():
-    keys = _split_path(path)
-    try:
-      _subtree(params, keys)
-    except (KeyError, TypeError) as e:
+    keys = tuple(p for p in str(path).split("/") if p)
+    if not keys or not any(_under(n, [keys]) for n in leaves):
       raise VasaInputError(
           f"optim.freeze entry {path!r} is not a parameter subtree; the parameters start with "
-          f"{sorted(params)} (e.g. 'gen/encoder' for the stage-1 encoders)") from e
+          f"{sorted(params)} (e.g. 'gen/encoder' for the stage-1 encoders)")
     out.append(keys)
   return out
 
@@ -133,12 +127,14 @@ def keep_frozen(old_state, new_state, frozen: Sequence[tuple[str, ...]]):
   """
   if not frozen:
     return new_state
-  params, ema = new_state.params, new_state.ema_params
-  for keys in frozen:
-    params = _replace_subtree(params, keys, _subtree(old_state.params, keys))
-    if ema is not None:
-      ema = _replace_subtree(ema, keys, _subtree(old_state.ema_params, keys))
-  return new_state.replace(params=params, ema_params=ema)
+
+  def pick(old, new):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, o, n: o if _under(_names(path), frozen) else n, old, new)
+
+  ema = new_state.ema_params
+  return new_state.replace(params=pick(old_state.params, new_state.params),
+                           ema_params=None if ema is None else pick(old_state.ema_params, ema))
 
 
 def warm_start(state, init_from: str):
@@ -148,36 +144,34 @@ def warm_start(state, init_from: str):
     state: a freshly initialised TrainState (its leaves carry the target shardings).
     init_from: a workdir, checkpoints dir, step dir or export (`checkpoint.load_params`; its
       EMA parameters when it kept them). Parameters it lacks keep their fresh initialisation:
-      an export has no discriminator, and a module added since (e.g. `model.g2d_dyn_cond`,
-      zero-initialised so the warm start renders as before) starts from scratch.
+      an export has no discriminator, and a module added since starts from scratch.
   Raises:
     VasaInputError: parameters of the source run that this model lacks or has in another shape.
   """
   _, loaded = ckpt_lib.load_params(init_from, ema=True)
   got = _by_path(loaded)
   fresh = _by_path(state.params)
+  show = lambda keys: ["/".join(k) for k in keys[:3]]  # noqa: E731
   unknown = sorted(k for k in got if k not in fresh)
   wrong = sorted(k for k in got if k in fresh and np.shape(got[k]) != np.shape(fresh[k]))
   if unknown or wrong:
     raise VasaInputError(
         f"train.init_from={init_from} does not fit this config's model: "
-        + (f"{len(unknown)} parameters it lacks (e.g. {unknown[:3]})" if unknown else "")
+        + (f"{len(unknown)} parameters it lacks (e.g. {show(unknown)})" if unknown else "")
         + ("; " if unknown and wrong else "")
-        + (f"{len(wrong)} of another shape (e.g. {wrong[:3]})" if wrong else "")
+        + (f"{len(wrong)} of another shape (e.g. {show(wrong)})" if wrong else "")
         + ". Start from a run of the same stage and config variant.")
-  params = jax.tree_util.tree_map_with_path(
-      lambda path, ref: (jax.device_put(jnp.asarray(got[jax.tree_util.keystr(path)], ref.dtype),
-                                        ref.sharding)
-                         if jax.tree_util.keystr(path) in got else ref), state.params)
+
+  def take(path, ref):
+    value = got.get(_names(path))
+    return ref if value is None else jax.device_put(jnp.asarray(value, ref.dtype), ref.sharding)
+
+  params = jax.tree_util.tree_map_with_path(take, state.params)
   new = sorted(k for k in fresh if k not in got)
   log.info("Parameters initialised from %s; %d kept their fresh initialisation%s", init_from,
-           len(new), f" (e.g. {new[:3]})" if new else "")
+           len(new), f" (e.g. {show(new)})" if new else "")
   ema = params if state.ema_params is not None else None
   return state.replace(params=params, ema_params=ema)
-
-
-def _by_path(tree) -> dict:
-  return {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def make_train_step(task, frozen: Sequence[tuple[str, ...]] = ()):
