@@ -26,3 +26,21 @@ def test_bench_tiny_reports_every_part(tmp_path, capsys):
       "stream_audio_buffering_s"]
   assert all(row["first_frame_compute_s"] > 0 for row in lat.values())
   assert all(r["time_s"] > 0 for r in saved["rows"])
+
+
+def test_bench_reports_the_levers(tmp_path, capsys):
+  from vasa_jax import bench
+  out = tmp_path / "bench.json"
+  bench.run("configs/demo.py:tiny", ("--config.inference.render_batch=4",
+                                     "--config.inference.compute_dtype=bfloat16"),
+            seconds=1.0, out=str(out), repeats=1, first_window=1)
+  printed = capsys.readouterr().out
+  saved = json.loads(out.read_text())
+  assert saved["compute_dtype"] == "bfloat16" and saved["render_batch"] == 4
+  assert "bfloat16, 4 frames per decoder call" in printed
+  parts = [r["part"] for r in saved["rows"]]
+  assert f"decoder ({saved['window']} frames per call)" in parts
+  assert "decoder (4 frames per call)" in parts
+  lat = {row["first_window"]: row for row in saved["stream_latency"]}
+  # 1 frame (640 samples) + the 176 samples its log-mel rows reach, in whole 20 ms chunks.
+  assert lat[1]["chunk_ms"] == 20 and lat[1]["audio_buffering_s"] == pytest.approx(0.06)

@@ -77,6 +77,41 @@ def test_streaming_equals_offline(pipe, speech):
   assert (diff == 0).mean() > 0.999
 
 
+def test_render_batch_gives_the_same_frames(tiny_pipeline_dir, pipe, speech):
+  from vasa_jax.inference import pipeline as pipeline_lib
+  small = pipeline_lib.load_pipeline(tiny_pipeline_dir, render_batch=3)
+  assert small.render_batch == 3 and pipe.render_batch == pipe.window
+  wav = media.read_audio(speech)
+  offline = pipe.generate(_astronaut(), wav, steps=2, seed=3)
+  batched = small.generate(_astronaut(), wav, steps=2, seed=3)
+  np.testing.assert_array_equal(batched.motion, offline.motion)
+  # A different decoder batch may round a pixel to the neighbouring uint8 value, nothing more.
+  diff = np.abs(batched.frames.astype(int) - offline.frames.astype(int))
+  assert batched.frames.shape == offline.frames.shape and diff.max() <= 1
+  chunks = [wav[i:i + 1000] for i in range(0, len(wav), 1000)]
+  streamed = np.stack(list(small.stream(_astronaut(), chunks, steps=2, seed=3)))
+  diff = np.abs(streamed.astype(int) - batched.frames.astype(int))
+  assert streamed.shape == batched.frames.shape and diff.max() <= 1
+  with pytest.raises(ValueError, match="render_batch"):
+    pipeline_lib.load_pipeline(tiny_pipeline_dir, render_batch=-1)
+
+
+def test_bfloat16_compute_follows_float32(tiny_pipeline_dir, pipe, speech):
+  from vasa_jax.inference import pipeline as pipeline_lib
+  half = pipeline_lib.load_pipeline(tiny_pipeline_dir, compute_dtype="bfloat16")
+  assert half.compute_dtype == np.dtype("bfloat16")
+  wav = media.read_audio(speech)
+  full = pipe.generate(_astronaut(), wav, steps=2, seed=3)
+  low = half.generate(_astronaut(), wav, steps=2, seed=3)
+  assert low.frames.dtype == np.uint8 and low.frames.shape == full.frames.shape
+  assert np.isfinite(low.motion).all()
+  # Same function at lower precision: close, but not bit-equal (it really ran in bfloat16).
+  err = np.abs(low.motion - full.motion).mean() / np.abs(full.motion).mean()
+  assert 0 < err < 0.1, err
+  pix = np.abs(low.frames.astype(float) - full.frames.astype(float)).mean()
+  assert pix < 4.0, pix
+
+
 def test_streaming_short_first_window(pipe, speech):
   wav = media.read_audio(speech)
   first_window, fed = 3, [0]
@@ -94,6 +129,8 @@ def test_streaming_short_first_window(pipe, speech):
   # it), not a whole window.
   need = (first_window + pipe.audio_lookahead) * 640 + 176
   assert fed_at_first == -(-need // 640) * 640 < pipe.window * 640
+  assert fed_at_first / 16000 == pytest.approx(pipe.stream_buffering_s(first_window, 640))
+  assert pipe.stream_buffering_s(first_window) == pytest.approx(need / 16000)
   assert first.shape == (pipe.resolution, pipe.resolution, 3)
   assert 1 + len(rest) == int(np.ceil(1.3 * 25))
 
@@ -105,7 +142,8 @@ def test_cli_stream_first_window(tiny_pipeline_dir, speech, tmp_path, capsys):
   assert cli.main(args + ["--first-window", "0"]) == 2 and not out.exists()
   assert "--first-window 0" in capsys.readouterr().err
   assert cli.main(args + ["--first-window", "3"]) == 0
-  assert "120 ms of audio buffering (first window" in capsys.readouterr().out
+  # 3 frames + 176 samples of log-mel reach = 2096 samples, in whole 80 ms chunks: 160 ms.
+  assert "160 ms of audio buffering (first window" in capsys.readouterr().out
   assert media.read_video(out, fps=None).frames.shape[0] == int(np.ceil(1.3 * 25))
 
 

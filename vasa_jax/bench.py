@@ -34,26 +34,40 @@ def time_fn(fn, *args, repeats: int = 3):
 
 
 def flops_of(jitted, *args) -> float | None:
-  """FLOPs of one call from XLA's cost analysis (None where the backend gives none)."""
+  """FLOPs of one call from XLA's cost analysis (None where it gives none).
+
+  The analysis runs on the HLO lowered for the host CPU, whatever the default device: XLA:GPU's
+  analysis skips the convolutions it hands to cuDNN (measured on an H100 and an H200: 0.7 of the
+  base decoder's 114 GFLOP per frame), XLA:CPU's counts every op of the same program.
+  """
+  cpu = jax.devices("cpu")[0]
+  on_cpu = jax.sharding.SingleDeviceSharding(cpu)
+  abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_cpu)
+      if hasattr(a, "dtype") and hasattr(a, "shape") else a, args)
   try:
-    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = jitted.lower(*abstract).cost_analysis()
   except Exception:  # pylint: disable=broad-except
     return None
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
-  return float(cost.get("flops", 0.0)) if cost else None
+  return float(cost["flops"]) if cost and cost.get("flops") else None
 
 
 def stream_latency(pipe, portrait, wav: np.ndarray, first_window: int | None = None, *,
-                   repeats: int = 3) -> dict:
+                   repeats: int = 3, chunk_ms: float = 20.0) -> dict:
   """Streaming first-frame latency and sustained rate for one `first_window` setting.
 
-  40 ms chunks are fed as fast as they are consumed, so the measured first-frame time is compute
-  only (incremental log-mel, audio encoding, one window, one decoder call); the audio a live
-  source needs first, (first_window + look-ahead) frames, is added as buffering time.
+  `chunk_ms` chunks are fed as fast as they are consumed, so the measured first-frame time is
+  compute only (incremental log-mel, audio encoding, one window, one decoder call), and an upper
+  bound on the compute left once the last chunk it needs has arrived. The audio a live source must
+  deliver first, (first_window + look-ahead) frames plus the last frame's log-mel reach, in whole
+  chunks, is added as buffering time.
   """
+  chunk = max(1, int(round(16000 * chunk_ms / 1000)))
+
   def one(stop_at_first: bool):
-    chunks = (wav[i:i + 640] for i in range(0, wav.shape[0], 640))
+    chunks = (wav[i:i + chunk] for i in range(0, wav.shape[0], chunk))
     t_start, first_frame, count = time.perf_counter(), None, 0
     for _ in pipe.stream(portrait, chunks, gaze=(0.0, 0.0), distance=0.0, seed=0,
                          first_window=first_window):
@@ -68,15 +82,16 @@ def stream_latency(pipe, portrait, wav: np.ndarray, first_window: int | None = N
   first_frame_s, stream_fps = one(False)
   for _ in range(repeats - 1):  # the first frame is short and noisy on a shared CPU: best of
     first_frame_s = min(first_frame_s, one(True)[0])
-  buffering_s = pipe.stream_buffering_s(first_window)
-  return {"first_window": first_window or pipe.window, "audio_buffering_s": buffering_s,
+  buffering_s = pipe.stream_buffering_s(first_window, chunk)
+  return {"first_window": first_window or pipe.window, "chunk_ms": chunk_ms,
+          "audio_buffering_s": buffering_s,
           "first_frame_compute_s": first_frame_s,
           "first_frame_latency_s": buffering_s + first_frame_s, "stream_fps": stream_fps}
 
 
 def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=None,
         seconds: float = 4.0, out: str | None = None, repeats: int = 3,
-        first_window: int = 5) -> dict:
+        first_window: int = 5, chunk_ms: float = 20.0) -> dict:
   """Benchmarks a pipeline (random weights unless `checkpoint`) and prints a table.
 
   Streaming latency is measured for the default (first window = W) and for a short first
@@ -91,8 +106,10 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
 
   config = config_utils.load_config(config_spec, overrides)
   t0 = time.perf_counter()
-  pipe = (pipeline_lib.load_pipeline(checkpoint) if checkpoint
-          else pipeline_lib.random_pipeline(config))
+  knobs = {"compute_dtype": config.inference.get("compute_dtype", "float32"),
+           "render_batch": config.inference.get("render_batch", 0)}
+  pipe = (pipeline_lib.load_pipeline(checkpoint, **knobs) if checkpoint
+          else pipeline_lib.random_pipeline(config, **knobs))
   build_s = time.perf_counter() - t0
   device = jax.devices()[0]
   r, w = pipe.resolution, pipe.window
@@ -145,18 +162,24 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   first, best, _ = time_fn(pipe._render, *rargs, repeats=repeats)  # pylint: disable=protected-access
   render_flops = flops_of(pipe._render, *rargs)  # pylint: disable=protected-access
   add(f"decoder ({w} frames per call)", first, best, best / w, "s/frame", render_flops)
+  rb = pipe.render_batch
+  if rb != w:  # the streaming latency lever: what one smaller call costs
+    sargs = rargs[:3] + (rargs[3][:rb], rargs[4][:rb])
+    first, best, _ = time_fn(pipe._render, *sargs, repeats=repeats)  # pylint: disable=protected-access
+    add(f"decoder ({rb} frames per call)", first, best, best / rb, "s/frame",
+        flops_of(pipe._render, *sargs))  # pylint: disable=protected-access
 
   # End to end, offline and streaming: the pipeline's own paths, on the encoded portrait (no
   # face detection), everything compiled by the calls above or by a first untimed run.
   def offline():
     return pipe.generate(portrait, wav, gaze=(0.0, 0.0), distance=0.0, seed=0).frames
 
-  first, best, _ = time_fn(offline, repeats=1)
+  first, best, _ = time_fn(offline, repeats=repeats)
   offline_fps = n_frames / best
   add(f"end to end offline ({pipe.steps} steps)", first, best, best / n_frames, "s/frame")
 
-  stream_rows = [stream_latency(pipe, portrait, wav, None, repeats=repeats),
-                 stream_latency(pipe, portrait, wav, min(first_window, w), repeats=repeats)]
+  stream_rows = [stream_latency(pipe, portrait, wav, fw, repeats=repeats, chunk_ms=chunk_ms)
+                 for fw in (None, min(first_window, w))]
   default = stream_rows[0]
 
   flops_frame = None
@@ -165,6 +188,7 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   result = {
       "device": f"{device.platform}:{device.device_kind}", "num_devices": jax.device_count(),
       "config": config_spec, "overrides": list(overrides), "resolution": r, "window": w,
+      "compute_dtype": str(pipe.compute_dtype), "render_batch": pipe.render_batch,
       "steps": pipe.steps, "audio_seconds": seconds, "frames": n_frames,
       "pipeline_build_s": build_s, "rows": rows,
       "offline_fps": offline_fps, "stream_first_frame_compute_s": default["first_frame_compute_s"],
@@ -184,7 +208,9 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
 def print_table(result: dict):
   print(f"\nvasa-jax bench: {result['config']} {' '.join(result['overrides'])} on "
         f"{result['device']} x{result['num_devices']}, {result['resolution']}x"
-        f"{result['resolution']}, W={result['window']}, {result['frames']} frames")
+        f"{result['resolution']}, W={result['window']}, {result['frames']} frames, "
+        f"{result.get('compute_dtype', 'float32')}, {result.get('render_batch', result['window'])}"
+        " frames per decoder call")
   print(f"| {'part':42s} | {'compile s':>9s} | {'time s':>9s} | {'per unit':>10s} | unit     "
         f"| {'GFLOP':>9s} |")
   print(f"|{'-' * 44}|{'-' * 11}|{'-' * 11}|{'-' * 12}|----------|{'-' * 11}|")
@@ -206,7 +232,8 @@ def print_stream_latency(rows: list[dict], window: int):
   """Streaming first-frame latency per first-window setting (buffering and compute apart)."""
   if not rows:
     return
-  print(f"\n| {'streaming, first window':24s} | {'buffering ms':>12s} | {'compute ms':>10s} | "
+  print(f"\nstreaming: audio fed in {rows[0].get('chunk_ms', 40):g} ms chunks")
+  print(f"| {'streaming, first window':24s} | {'buffering ms':>12s} | {'compute ms':>10s} | "
         f"{'first frame ms':>14s} | {'frames/s':>8s} |")
   print(f"|{'-' * 26}|{'-' * 14}|{'-' * 12}|{'-' * 16}|{'-' * 10}|")
   for row in rows:

@@ -39,6 +39,11 @@ def _add_generation_args(p: argparse.ArgumentParser):
                  help="gaze guidance scale (default from checkpoint; paper: 1.0)")
   p.add_argument("--steps", type=int, default=None, help="sampling steps (default from checkpoint)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="compute dtype (bfloat16 is faster on GPUs/TPUs; default: %(default)s)")
+  p.add_argument("--render-batch", type=int, default=0, metavar="N",
+                 help="frames per decoder call (default 0 = one window); fewer make the first "
+                 "streamed frame leave sooner")
   p.add_argument("--watermark", action="store_true", help="add a visible 'generated' mark")
 
 
@@ -130,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--first-window", type=int, default=5, metavar="N",
                  help="streaming latency is also measured with a short first window of N "
                  "frames (default: %(default)s = 200 ms of audio)")
+  p.add_argument("--chunk-ms", type=float, default=20.0,
+                 help="streaming audio chunk length (ms; default: %(default)s)")
   p.add_argument("--out", help="JSON output path")
   return parser
 
@@ -205,6 +212,6 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
   if cmd == "bench":
     from vasa_jax import bench
     bench.run(args.config, overrides, checkpoint=args.checkpoint, seconds=args.seconds,
-              out=args.out, first_window=args.first_window)
+              out=args.out, first_window=args.first_window, chunk_ms=args.chunk_ms)
     return 0
   raise AssertionError(cmd)

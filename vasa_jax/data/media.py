@@ -21,7 +21,6 @@ import subprocess
 import tempfile
 from typing import Iterable, Iterator
 
-import imageio_ffmpeg
 import numpy as np
 import soundfile
 import soxr
@@ -65,6 +64,9 @@ class MediaInfo:
 
 
 def _ffmpeg() -> str:
+  # Imported here: arrays and the formats libsndfile reads never need ffmpeg, so sampling-only
+  # hosts (a TPU pod, a GPU box for benchmarks) need not carry its binary.
+  import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
   return imageio_ffmpeg.get_ffmpeg_exe()
 
 
@@ -504,6 +506,7 @@ def _quiet_imageio_ffmpeg():
 def _raw_frames(path: str, rate: fractions.Fraction | None,
                 max_side: int | None) -> Iterator[np.ndarray]:
   """Yields read-only (H, W, 3) uint8 views at `rate` (rotation metadata applied)."""
+  import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
   gen = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24", input_params=["-nostdin"],
                                    output_params=_video_filters(rate, max_side))
   try:

@@ -41,7 +41,8 @@ def run(args) -> int:
   image, image_name, audio = resolve_inputs(args)
   # Read and check the audio before the (slow) model load, so bad input fails fast.
   wav = media.read_audio(audio, sr=16000)
-  pipe = pipeline_lib.load_pipeline(args.checkpoint)
+  pipe = pipeline_lib.load_pipeline(args.checkpoint, compute_dtype=args.dtype,
+                                   render_batch=args.render_batch)
   portrait = media.read_image(image)
   kw = dict(gaze=args.gaze, distance=args.distance, emotion=args.emotion,
             cfg_audio=args.cfg_audio, cfg_gaze=args.cfg_gaze, steps=args.steps, seed=args.seed)
@@ -88,10 +89,11 @@ def _stream(pipe, portrait, wav, args, kw) -> int:
       w.write(frame)
       n += 1
     total = time.perf_counter() - t0
-  buffer_ms = 1000 * pipe.stream_buffering_s(first_window)
+  buffer_ms = 1000 * pipe.stream_buffering_s(first_window, chunk)
   what = "first window" if first_window else "window"
   print(f"Wrote {args.out}: {n} frames. First frame after {1000 * (first or 0):.0f} ms of compute "
-        f"+ {buffer_ms:.0f} ms of audio buffering ({what} + look-ahead); sustained "
+        f"+ {buffer_ms:.0f} ms of audio buffering ({what} + look-ahead, in whole "
+        f"{args.chunk_ms:g} ms chunks); sustained "
         f"{n / max(total, 1e-9):.1f} frames/s (compilation and warm-up before: {warm_s:.1f} s).",
         file=sys.stdout)
   return 0

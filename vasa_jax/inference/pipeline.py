@@ -7,8 +7,10 @@
 Per clip: the portrait is cropped as in training and encoded once (`v_app`, `z_id`, its pose and
 dynamics), then canonicalised once (the source warp); the speech becomes log-mel rows, then
 encoded audio; motion is sampled window by window by one jitted `sample_window`; each window of
-motion is rendered by one jitted decoder call of W frames. Streaming runs the same jitted
-functions per window as audio arrives, so for the same seed it gives the same frames.
+motion is rendered by jitted decoder calls of `render_batch` frames (default W). Offline
+generation dispatches window i + 1 before it copies window i's frames to the host, so the copy
+and the Python loop overlap the accelerator's work. Streaming runs the same jitted functions per
+window as audio arrives, so for the same seed it gives the same frames.
 """
 from __future__ import annotations
 
@@ -90,11 +92,16 @@ class Pipeline:
       the paper's 0.5 and 1.0; `vasa-jax export --cfg-audio` stores a checkpoint's own).
     pose_mode: "relative" adds the generated head motion (relative to the training mean pose)
       to the portrait's own pose, so the portrait keeps its framing; "absolute" uses it as is.
+    compute_dtype: activation dtype of both models ("bfloat16" halves the decoder's memory
+      traffic on accelerators; parameters are cast at use, outputs stay float32).
+    render_batch: frames per decoder call (0 = W). Fewer frames per call make the first
+      streamed frame leave sooner (it waits for its call only, not the whole window).
   """
 
   def __init__(self, latent_config, latent_params, motion_config, motion_params, motion_stats,
                *, steps: int | None = None, cfg_audio: float | None = None,
-               cfg_gaze: float | None = None, pose_mode: str = "relative"):
+               cfg_gaze: float | None = None, pose_mode: str = "relative",
+               compute_dtype: str = "float32", render_batch: int = 0):
     # pylint: disable=import-outside-toplevel
     from vasa_jax.diffusion import sampler as sampler_lib
     from vasa_jax.models import layers, motion_dit, motion_labels
@@ -119,13 +126,17 @@ class Pipeline:
     self.cfg_audio = float(d.cfg_audio if cfg_audio is None else cfg_audio)
     self.cfg_gaze = float(d.cfg_gaze if cfg_gaze is None else cfg_gaze)
     self.pose_mode = pose_mode
+    self.compute_dtype = jnp.dtype(compute_dtype)
+    if int(render_batch) < 0:
+      raise ValueError(f"render_batch must be >= 0 (0 = one window), got {render_batch}")
+    self.render_batch = int(render_batch) or self.window
     self.mean = np.asarray(motion_stats["mean"], np.float32)
     self.std = np.asarray(motion_stats["std"], np.float32)
     self._sampler_lib = sampler_lib
 
-    self.face_model = FaceModel(latent_config.model)
+    self.face_model = FaceModel(latent_config.model, dtype=self.compute_dtype)
     self._face_cfg = layers.as_face_config(latent_config.model)
-    self.motion_model = motion_dit.build_motion_model(motion_config)
+    self.motion_model = motion_dit.build_motion_model(motion_config, dtype=self.compute_dtype)
     self._denoise_fn, encode_fn = motion_dit.make_apply_fns(self.motion_model)
     self.audio_receptive_past = int(self.motion_model.audio_encoder.receptive_past)
     self.audio_lookahead = int(self.motion_model.audio_encoder.lookahead)
@@ -162,10 +173,19 @@ class Pipeline:
           self._denoise_fn, self.motion_config, steps=steps)
     return self._samplers[steps]
 
-  def stream_buffering_s(self, first_window: int | None = None) -> float:
-    """Seconds of audio `stream` waits for before its first frame can exist: the first window
-    (W, or `first_window`) plus the audio encoder's look-ahead, at 25 fps."""
-    return ((first_window or self.window) + self.audio_lookahead) / 25.0
+  def stream_buffering_s(self, first_window: int | None = None,
+                         chunk_samples: int | None = None) -> float:
+    """Seconds of audio `stream` waits for before its first frame can exist.
+
+    That is the first window (W, or `first_window`) plus the audio encoder's look-ahead, at 25
+    fps, plus the 176 samples (11 ms) the last frame's log-mel rows reach past it; with a source
+    that delivers `chunk_samples` at a time, rounded up to whole chunks.
+    """
+    from vasa_jax.inference.streaming import SAMPLE_LOOKAHEAD  # pylint: disable=import-outside-toplevel
+    need = (first_window or self.window) * 640 + self.audio_lookahead * 640 + SAMPLE_LOOKAHEAD
+    if chunk_samples:
+      need = -(-need // int(chunk_samples)) * int(chunk_samples)
+    return need / 16000.0
 
   def _guidance(self, cfg_audio, cfg_gaze) -> tuple[float, float]:
     return (self.cfg_audio if cfg_audio is None else float(cfg_audio),
@@ -204,21 +224,27 @@ class Pipeline:
       out[:, :p] += np.asarray(portrait.z_pose[0]) - self.mean[:p]
     return out
 
+  def render_chunks(self, portrait: Portrait, motion: np.ndarray) -> list[jax.Array]:
+    """Dispatches the decoder on (T, Dm) denormalised motion without waiting for it.
+
+    Returns device arrays of `render_batch` frames each, (B, R, R, 3) uint8; the last is padded
+    by repeating its last frame (one compiled shape), so together they hold >= T frames.
+    """
+    b, p = self.render_batch, self.z_pose_dim
+    chunks = []
+    for start in range(0, motion.shape[0], b):
+      chunk = motion[start:start + b]
+      if chunk.shape[0] < b:
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - chunk.shape[0], 0)])
+      chunks.append(self._render(self.latent_params, portrait.v_can, portrait.z_id,
+                                 jnp.asarray(chunk[:, :p]), jnp.asarray(chunk[:, p:])))
+    return chunks
+
   def render_frames(self, portrait: Portrait, motion: np.ndarray) -> np.ndarray:
-    """(T, Dm) denormalised motion -> (T, R, R, 3) uint8, W frames per decoder call."""
-    n = motion.shape[0]
-    out = []
-    for start in range(0, n, self.window):
-      chunk = motion[start:start + self.window]
-      m = chunk.shape[0]
-      if m < self.window:  # keep one compiled shape
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.window - m, 0)])
-      frames = self._render(self.latent_params, portrait.v_can, portrait.z_id,
-                            jnp.asarray(chunk[:, :self.z_pose_dim]),
-                            jnp.asarray(chunk[:, self.z_pose_dim:]))
-      out.append(np.asarray(frames)[:m])
-    r = self.resolution
-    return np.concatenate(out) if out else np.zeros((0, r, r, 3), np.uint8)
+    """(T, Dm) denormalised motion -> (T, R, R, 3) uint8."""
+    n, r = motion.shape[0], self.resolution
+    chunks = [np.asarray(c) for c in self.render_chunks(portrait, motion)]
+    return np.concatenate(chunks)[:n] if chunks else np.zeros((0, r, r, 3), np.uint8)
 
   # -- public API --------------------------------------------------------------------------
 
@@ -265,16 +291,26 @@ class Pipeline:
     frames, motions = [], []
     n_windows = sl.window_count(num_frames, self.window)
     bar = tqdm(total=num_frames, unit="frame", desc="generate", disable=not progress)
+
+    def collect(chunks, m):  # waits for one window's frames; the next window is already queued
+      frames.append(np.concatenate([np.asarray(c) for c in chunks])[:m])
+      bar.update(m)
+      bar.set_postfix(fps=f"{bar.n / max(time.perf_counter() - t1, 1e-9):.1f}")
+
+    pending = None
     for i in range(n_windows):
       seg, mask = sl.pad_window(encoded, i * self.window, self.window)
       carry, motion = sample(self.motion_params, carry, seg[None], mask[None], controls,
                              jax.random.fold_in(rng, i), cfg_audio, cfg_gaze)
       m = min(self.window, num_frames - i * self.window)
       motion = self.denormalize(np.asarray(motion[0, :m]), portrait)
-      frames.append(self.render_frames(portrait, motion))
       motions.append(motion)
-      bar.update(m)
-      bar.set_postfix(fps=f"{bar.n / max(time.perf_counter() - t1, 1e-9):.1f}")
+      chunks = self.render_chunks(portrait, motion)
+      if pending is not None:
+        collect(*pending)
+      pending = (chunks, m)
+    if pending is not None:
+      collect(*pending)
     bar.close()
     t2 = time.perf_counter()
     return GenerationResult(
@@ -314,9 +350,12 @@ class Pipeline:
         receptive_past=self.audio_receptive_past, lookahead=self.audio_lookahead,
         cfg_audio=cfg_audio, cfg_gaze=cfg_gaze, first_window=first_window)
 
-    def emit(motion):
-      if motion.shape[0]:
-        yield from self.render_frames(portrait, self.denormalize(motion, portrait))
+    def emit(motion):  # every chunk is dispatched first; each is yielded as soon as it is done
+      n = motion.shape[0]
+      if n:
+        chunks = self.render_chunks(portrait, self.denormalize(motion, portrait))
+        for j, c in enumerate(chunks):
+          yield from np.asarray(c)[:n - j * self.render_batch]
 
     for chunk in audio_chunks:
       chunk = np.asarray(chunk, np.float32).reshape(-1)
@@ -355,8 +394,8 @@ def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
 
   Args:
     path: a directory written by `vasa-jax export` / `save_pipeline`.
-    **kwargs: passed to `Pipeline` (steps, cfg_audio, cfg_gaze, pose_mode); the first three
-      default to the values stored with the pipeline.
+    **kwargs: passed to `Pipeline` (steps, cfg_audio, cfg_gaze, pose_mode, compute_dtype,
+      render_batch); the first three default to the values stored with the pipeline.
   """
   from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
 
@@ -417,4 +456,6 @@ def random_pipeline(config, seed: int = 0, **kwargs) -> Pipeline:
   dm = int(config.motion.model.motion_dim)
   stats = {"mean": [0.0] * dm, "std": [1.0] * dm}
   kwargs.setdefault("steps", config.inference.steps)
+  kwargs.setdefault("compute_dtype", config.inference.get("compute_dtype", "float32"))
+  kwargs.setdefault("render_batch", config.inference.get("render_batch", 0))
   return Pipeline(config.latent, latent_params, config.motion, motion_params, stats, **kwargs)

@@ -39,7 +39,7 @@ from configs.common import N_MELS, ROWS_PER_FRAME, SAMPLES_PER_FRAME
 from vasa_jax.diffusion import sampler as sampler_lib
 
 # Rows of frame t are centred up to sample 640 t + 560 and span n_fft / 2 = 256 samples around it.
-_SAMPLE_LOOKAHEAD = 176
+SAMPLE_LOOKAHEAD = 176
 _SAMPLE_CONTEXT = SAMPLES_PER_FRAME  # one frame of earlier samples covers a row's left half
 
 
@@ -148,7 +148,7 @@ class MotionStream:
     if final:
       ready = frames_for_audio(total)
     else:
-      ready = max(0, (total - _SAMPLE_LOOKAHEAD) // SAMPLES_PER_FRAME)
+      ready = max(0, (total - SAMPLE_LOOKAHEAD) // SAMPLES_PER_FRAME)
     first = self._frames_from_samples
     if ready <= first:
       return
@@ -157,7 +157,7 @@ class MotionStream:
     seg_start = (first - lead) * SAMPLES_PER_FRAME
     seg = self._samples[seg_start - self._sample_start:]
     if not final:
-      seg = seg[:(ready * SAMPLES_PER_FRAME + _SAMPLE_LOOKAHEAD) - seg_start]
+      seg = seg[:(ready * SAMPLES_PER_FRAME + SAMPLE_LOOKAHEAD) - seg_start]
     else:
       # Offline zero-pads beyond the end; the last frame's window may need samples past `total`.
       seg = seg[:max(0, total - seg_start)]

@@ -235,15 +235,19 @@ class MotionModel(nn.Module):
     return self.denoise(x_t, t, cond)
 
 
-def _dtype(name: str) -> Dtype:
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+def _dtype(name) -> Dtype:
+  dtype = jnp.dtype(name)
+  if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+    raise ValueError(f"compute dtype must be float32, bfloat16 or float16, got {name!r}")
+  return dtype
 
 
-def build_motion_model(config) -> MotionModel:
+def build_motion_model(config, dtype=None) -> MotionModel:
   """Builds the stage 2 model from a `configs/motion.py` config.
 
   Args:
     config: the full config (uses `config.model` and `config.train.compute_dtype`).
+    dtype: activation dtype overriding `config.train.compute_dtype` (inference sets its own).
 
   Returns:
     A `MotionModel`; parameters are float32, activations in the compute dtype.
@@ -252,7 +256,7 @@ def build_motion_model(config) -> MotionModel:
   if m.get("audio_encoder", "mel") != "mel":
     raise ValueError(f"audio_encoder {m.audio_encoder!r} is not trainable inside MotionModel; "
                      "only 'mel' is wired into stage 2 training (config.model.audio_encoder)")
-  dtype = _dtype(config.get("train", {}).get("compute_dtype", "float32"))
+  dtype = _dtype(dtype or config.get("train", {}).get("compute_dtype", "float32"))
   kw = dict(dtype=dtype, param_dtype=jnp.float32)
   audio = AudioEncoder(width=m.audio_width, layers=m.audio_layers, heads=m.heads,
                        attn_past=m.get("audio_attn_past", 4),
