@@ -96,6 +96,47 @@ def test_render_batch_gives_the_same_frames(tiny_pipeline_dir, pipe, speech):
     pipeline_lib.load_pipeline(tiny_pipeline_dir, render_batch=-1)
 
 
+def test_mouth_scale_multiplies_the_mouth_departure(tiny_pipeline_dir, pipe, speech, tmp_path):
+  from vasa_jax.inference import pipeline as pipeline_lib
+  from vasa_jax.models.motion_labels import MOUTH_INDEX
+  wav = media.read_audio(speech)
+  portrait = pipe.prepare_portrait(_astronaut())
+  assert pipe.mouth_scale == 1.0
+  plain = pipe.generate(portrait, wav, steps=2, seed=3)
+  np.testing.assert_array_equal(pipe.generate(portrait, wav, steps=2, seed=3,
+                                              mouth_scale=1.0).motion, plain.motion)
+  louder = pipe.generate(portrait, wav, steps=2, seed=3, mouth_scale=3.0)
+  i = pipe.z_pose_dim + MOUTH_INDEX
+  own = float(portrait.z_dyn[0, MOUTH_INDEX])
+  np.testing.assert_allclose(louder.motion[:, i] - own, 3.0 * (plain.motion[:, i] - own),
+                             rtol=1e-5, atol=1e-5)
+  others = np.arange(pipe.motion_dim) != i
+  np.testing.assert_array_equal(louder.motion[:, others], plain.motion[:, others])
+  # Streaming applies the same scale.
+  chunks = [wav[i:i + 1000] for i in range(0, len(wav), 1000)]
+  streamed = np.stack(list(pipe.stream(portrait, chunks, steps=2, seed=3, mouth_scale=3.0)))
+  assert np.abs(streamed.astype(int) - louder.frames.astype(int)).max() <= 1
+  # A stored default is loaded with the pipeline; bad values are refused up front.
+  out = tmp_path / "scaled"
+  pipeline_lib.save_pipeline(out, pipe.latent_config, pipe.latent_params, pipe.motion_config,
+                             pipe.motion_params, {"mean": pipe.mean, "std": pipe.std}, steps=2,
+                             mouth_scale=3.0)
+  stored = pipeline_lib.load_pipeline(out)
+  assert stored.mouth_scale == 3.0
+  np.testing.assert_array_equal(stored.generate(portrait, wav, seed=3).motion, louder.motion)
+  for bad in (-1.0, float("nan"), "x"):
+    with pytest.raises(VasaInputError, match="mouth_scale"):
+      pipe.generate(portrait, wav, steps=2, mouth_scale=bad)
+
+
+def test_cli_rejects_a_bad_mouth_scale(tiny_pipeline_dir, speech, tmp_path, capsys):
+  out = tmp_path / "m.mp4"
+  rc = cli.main(["generate", "--checkpoint", str(tiny_pipeline_dir), "--audio", str(speech),
+                 "--out", str(out), "--steps", "2", "--mouth-scale", "-2"])
+  assert rc == 2 and not out.exists()
+  assert "mouth_scale" in capsys.readouterr().err
+
+
 def test_bfloat16_compute_follows_float32(tiny_pipeline_dir, pipe, speech):
   from vasa_jax.inference import pipeline as pipeline_lib
   half = pipeline_lib.load_pipeline(tiny_pipeline_dir, compute_dtype="bfloat16")

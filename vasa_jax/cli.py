@@ -38,6 +38,9 @@ def _add_generation_args(p: argparse.ArgumentParser):
   p.add_argument("--cfg-gaze", type=float, default=None,
                  help="gaze guidance scale (default from checkpoint; paper: 1.0)")
   p.add_argument("--steps", type=int, default=None, help="sampling steps (default from checkpoint)")
+  p.add_argument("--mouth-scale", type=float, default=None,
+                 help="gain on the mouth opening's departure from the portrait's (default from "
+                 "checkpoint; 1 = as sampled)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype (bfloat16 is faster on GPUs/TPUs; default: %(default)s)")
@@ -99,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="default audio guidance scale stored with the pipeline (default: config's)")
   p.add_argument("--cfg-gaze", type=float,
                  help="default gaze guidance scale stored with the pipeline (default: config's)")
+  p.add_argument("--mouth-scale", type=float,
+                 help="default mouth scale stored with the pipeline (default: 1)")
 
   p = sub.add_parser("eval", help="lip sync, pose and image quality -> JSON, markdown, plots")
   p.add_argument("--videos", nargs="+", required=True, help="generated mp4s (with audio)")
@@ -182,7 +187,8 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
   if cmd == "export":
     from vasa_jax.inference import export
     export.export_pipeline(args.latent, args.motion, args.out, steps=args.steps,
-                           cfg_audio=args.cfg_audio, cfg_gaze=args.cfg_gaze)
+                           cfg_audio=args.cfg_audio, cfg_gaze=args.cfg_gaze,
+                           mouth_scale=args.mouth_scale)
     return 0
   if cmd == "reenact":
     from vasa_jax.inference import reenact

@@ -31,9 +31,9 @@ def motion_stats_for(motion_config) -> dict:
 
 def export_pipeline(latent_workdir, motion_workdir, out, *, dtype: str = "bfloat16",
                     steps: int | None = None, cfg_audio: float | None = None,
-                    cfg_gaze: float | None = None):
+                    cfg_gaze: float | None = None, mouth_scale: float | None = None):
   """Loads both runs (EMA parameters where kept) and writes a pipeline directory with default
-  sampling steps and guidance scales (None: the motion config's)."""
+  sampling steps and guidance scales (None: the motion config's) and mouth scale (None: 1)."""
   # pylint: disable=import-outside-toplevel
   from vasa_jax.inference import pipeline
   from vasa_jax.train import checkpoint
@@ -50,6 +50,6 @@ def export_pipeline(latent_workdir, motion_workdir, out, *, dtype: str = "bfloat
   stats = motion_stats_for(motion_config)
   out = pipeline.save_pipeline(out, latent_config, latent_params, motion_config, motion_params,
                                stats, dtype=dtype, steps=steps, cfg_audio=cfg_audio,
-                               cfg_gaze=cfg_gaze)
+                               cfg_gaze=cfg_gaze, mouth_scale=mouth_scale)
   print(f"Wrote pipeline checkpoint to {out}")
   return out

@@ -45,7 +45,8 @@ def run(args) -> int:
                                    render_batch=args.render_batch)
   portrait = media.read_image(image)
   kw = dict(gaze=args.gaze, distance=args.distance, emotion=args.emotion,
-            cfg_audio=args.cfg_audio, cfg_gaze=args.cfg_gaze, steps=args.steps, seed=args.seed)
+            cfg_audio=args.cfg_audio, cfg_gaze=args.cfg_gaze, steps=args.steps,
+            mouth_scale=args.mouth_scale, seed=args.seed)
   if args.command == "generate":
     result = pipe.generate(portrait, wav, progress=True, **kw)
     media.write_video(args.out, result.frames, fps=result.fps, audio=result.audio,

@@ -53,6 +53,18 @@ class Portrait:
   z_dyn: jax.Array  # (1, Zd)
 
 
+def check_mouth_scale(scale) -> float:
+  """A mouth scale as a float, or a clear error (it must be a finite number >= 0)."""
+  try:
+    value = float(scale)
+  except (TypeError, ValueError):
+    value = float("nan")
+  if not (np.isfinite(value) and value >= 0):
+    raise VasaInputError(f"mouth_scale must be a finite number >= 0 (1 = as sampled), got "
+                         f"{scale!r}.")
+  return value
+
+
 def broadcast_batch(tree, n: int):
   """Repeats every leaf of a batch-1 pytree (a portrait's v_can, z_id) to batch n."""
   return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:]), tree)
@@ -96,12 +108,17 @@ class Pipeline:
       traffic on accelerators; parameters are cast at use, outputs stay float32).
     render_batch: frames per decoder call (0 = W). Fewer frames per call make the first
       streamed frame leave sooner (it waits for its call only, not the whole window).
+    mouth_scale: default gain on the generated mouth-opening entry's departure from the
+      portrait's own (1 = as sampled; None: 1). A decoder that renders mouth changes too weakly
+      (the demo's) shows more of the sampled speech motion with a gain above 1; like SadTalker's
+      `expression_scale`, but on the one entry the face mesh labels (`motion_labels`).
   """
 
   def __init__(self, latent_config, latent_params, motion_config, motion_params, motion_stats,
                *, steps: int | None = None, cfg_audio: float | None = None,
                cfg_gaze: float | None = None, pose_mode: str = "relative",
-               compute_dtype: str = "float32", render_batch: int = 0):
+               compute_dtype: str = "float32", render_batch: int = 0,
+               mouth_scale: float | None = None):
     # pylint: disable=import-outside-toplevel
     from vasa_jax.diffusion import sampler as sampler_lib
     from vasa_jax.models import layers, motion_dit, motion_labels
@@ -126,6 +143,7 @@ class Pipeline:
     self.cfg_audio = float(d.cfg_audio if cfg_audio is None else cfg_audio)
     self.cfg_gaze = float(d.cfg_gaze if cfg_gaze is None else cfg_gaze)
     self.pose_mode = pose_mode
+    self.mouth_scale = check_mouth_scale(1.0 if mouth_scale is None else mouth_scale)
     self.compute_dtype = jnp.dtype(compute_dtype)
     if int(render_batch) < 0:
       raise ValueError(f"render_batch must be >= 0 (0 = one window), got {render_batch}")
@@ -216,12 +234,18 @@ class Pipeline:
                                                        labels, valid)
     return Portrait(crop=face.image, v_can=v_can, z_id=z_id, z_pose=z_pose, z_dyn=z_dyn)
 
-  def denormalize(self, motion: np.ndarray, portrait: Portrait) -> np.ndarray:
+  def denormalize(self, motion: np.ndarray, portrait: Portrait,
+                  mouth_scale: float | None = None) -> np.ndarray:
     """Normalised sampler output (T, Dm) -> [z_pose, z_dyn] the decoder takes."""
+    from vasa_jax.models.motion_labels import MOUTH_INDEX  # pylint: disable=import-outside-toplevel
     out = np.asarray(motion, np.float32) * self.std + self.mean
+    p = self.z_pose_dim
     if self.pose_mode == "relative":
-      p = self.z_pose_dim
       out[:, :p] += np.asarray(portrait.z_pose[0]) - self.mean[:p]
+    scale = self.mouth_scale if mouth_scale is None else check_mouth_scale(mouth_scale)
+    if scale != 1.0:
+      own = float(np.asarray(portrait.z_dyn[0, MOUTH_INDEX]))
+      out[:, p + MOUTH_INDEX] = own + scale * (out[:, p + MOUTH_INDEX] - own)
     return out
 
   def render_chunks(self, portrait: Portrait, motion: np.ndarray) -> list[jax.Array]:
@@ -250,7 +274,7 @@ class Pipeline:
 
   def generate(self, image, audio, *, gaze=None, distance=None, emotion=None,
                cfg_audio: float | None = None, cfg_gaze: float | None = None,
-               steps: int | None = None,
+               steps: int | None = None, mouth_scale: float | None = None,
                seed: int = 0, sample_rate: int | None = None,
                progress: bool = False) -> GenerationResult:
     """Offline generation of a whole clip.
@@ -264,6 +288,8 @@ class Pipeline:
       emotion: an emotion name, an (E,) vector or None.
       cfg_audio, cfg_gaze: guidance scales (default: the pipeline's; paper: 0.5 and 1.0).
       steps: sampling steps (default: the pipeline's).
+      mouth_scale: gain on the mouth opening's departure from the portrait's (default: the
+        pipeline's; 1 = as sampled).
       seed: random seed (same seed, same video).
       sample_rate: the rate of an audio array (default 16000).
       progress: show a progress bar over windows.
@@ -276,6 +302,8 @@ class Pipeline:
     from vasa_jax.data import audio_features, media
 
     t0 = time.perf_counter()
+    if mouth_scale is not None:
+      check_mouth_scale(mouth_scale)  # before any slow work
     wav = media.read_audio(audio, sr=16000, orig_sr=sample_rate or 16000)
     portrait = image if isinstance(image, Portrait) else self.prepare_portrait(image)
     t1 = time.perf_counter()
@@ -303,7 +331,7 @@ class Pipeline:
       carry, motion = sample(self.motion_params, carry, seg[None], mask[None], controls,
                              jax.random.fold_in(rng, i), cfg_audio, cfg_gaze)
       m = min(self.window, num_frames - i * self.window)
-      motion = self.denormalize(np.asarray(motion[0, :m]), portrait)
+      motion = self.denormalize(np.asarray(motion[0, :m]), portrait, mouth_scale)
       motions.append(motion)
       chunks = self.render_chunks(portrait, motion)
       if pending is not None:
@@ -321,7 +349,7 @@ class Pipeline:
 
   def stream(self, image, audio_chunks: Iterable, *, gaze=None, distance=None, emotion=None,
              cfg_audio: float | None = None, cfg_gaze: float | None = None,
-             steps: int | None = None, seed: int = 0,
+             steps: int | None = None, mouth_scale: float | None = None, seed: int = 0,
              first_window: int | None = None) -> Iterator[np.ndarray]:
     """Streaming generation: yields (R, R, 3) uint8 frames as soon as they exist.
 
@@ -340,6 +368,8 @@ class Pipeline:
     """
     from vasa_jax.inference.streaming import MotionStream  # pylint: disable=import-outside-toplevel
 
+    if mouth_scale is not None:
+      check_mouth_scale(mouth_scale)
     portrait = image if isinstance(image, Portrait) else self.prepare_portrait(image)
     da = int(self.motion_config.model.audio_width)
     cfg_audio, cfg_gaze = self._guidance(cfg_audio, cfg_gaze)
@@ -353,7 +383,7 @@ class Pipeline:
     def emit(motion):  # every chunk is dispatched first; each is yielded as soon as it is done
       n = motion.shape[0]
       if n:
-        chunks = self.render_chunks(portrait, self.denormalize(motion, portrait))
+        chunks = self.render_chunks(portrait, self.denormalize(motion, portrait, mouth_scale))
         for j, c in enumerate(chunks):
           yield from np.asarray(c)[:n - j * self.render_batch]
 
@@ -367,9 +397,11 @@ class Pipeline:
 
 def save_pipeline(out_dir, latent_config, latent_params, motion_config, motion_params,
                   motion_stats, *, dtype: str = "bfloat16", steps: int | None = None,
-                  cfg_audio: float | None = None, cfg_gaze: float | None = None):
+                  cfg_audio: float | None = None, cfg_gaze: float | None = None,
+                  mouth_scale: float | None = None):
   """Writes a self-describing pipeline directory (latent/, motion/, pipeline.json) with the
-  default sampling steps and guidance scales (None: the motion config's)."""
+  default sampling steps and guidance scales (None: the motion config's) and mouth scale
+  (None: 1)."""
   from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
 
   out = pathlib.Path(out_dir)
@@ -382,7 +414,8 @@ def save_pipeline(out_dir, latent_config, latent_params, motion_config, motion_p
           "steps": int(steps or motion_config.diffusion.sample_steps),
           "cfg_audio": float(motion_config.diffusion.cfg_audio if cfg_audio is None
                              else cfg_audio),
-          "cfg_gaze": float(motion_config.diffusion.cfg_gaze if cfg_gaze is None else cfg_gaze)}
+          "cfg_gaze": float(motion_config.diffusion.cfg_gaze if cfg_gaze is None else cfg_gaze),
+          "mouth_scale": check_mouth_scale(1.0 if mouth_scale is None else mouth_scale)}
   tmp = out / (PIPELINE_FILE + ".tmp")
   tmp.write_text(json.dumps(meta, indent=1))
   os.replace(tmp, out / PIPELINE_FILE)
@@ -394,8 +427,9 @@ def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
 
   Args:
     path: a directory written by `vasa-jax export` / `save_pipeline`.
-    **kwargs: passed to `Pipeline` (steps, cfg_audio, cfg_gaze, pose_mode, compute_dtype,
-      render_batch); the first three default to the values stored with the pipeline.
+    **kwargs: passed to `Pipeline` (steps, cfg_audio, cfg_gaze, mouth_scale, pose_mode,
+      compute_dtype, render_batch); the first four default to the values stored with the
+      pipeline.
   """
   from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
 
@@ -408,7 +442,7 @@ def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
   meta = json.loads(meta_path.read_text())
   latent_config, latent_params = checkpoint.load_exported(p / "latent")
   motion_config, motion_params = checkpoint.load_exported(p / "motion")
-  for k in ("steps", "cfg_audio", "cfg_gaze"):  # older directories lack the guidance scales
+  for k in ("steps", "cfg_audio", "cfg_gaze", "mouth_scale"):  # older directories lack some
     kwargs.setdefault(k, meta.get(k))
   return Pipeline(latent_config, latent_params, motion_config, motion_params,
                   meta["motion_stats"], **kwargs)
