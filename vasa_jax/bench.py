@@ -37,8 +37,8 @@ def flops_of(jitted, *args) -> float | None:
   """FLOPs of one call from XLA's cost analysis (None where it gives none).
 
   The analysis runs on the HLO lowered for the host CPU, whatever the default device: XLA:GPU's
-  analysis skips the convolutions it hands to cuDNN (measured on an H100 and an H200: 0.7 of the
-  base decoder's 114 GFLOP per frame), XLA:CPU's counts every op of the same program.
+  analysis skips the convolutions it hands to cuDNN (measured on an H100 and an H200: 0.7 GFLOP
+  per frame for a decoder that does 114), XLA:CPU's counts every op of the same program.
   """
   cpu = jax.devices("cpu")[0]
   on_cpu = jax.sharding.SingleDeviceSharding(cpu)
