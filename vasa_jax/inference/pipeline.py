@@ -316,12 +316,18 @@ class Pipeline:
     sl = self._sampler_lib
     carry = sl.initial_carry(1, self.context, self.motion_dim, encoded.shape[-1])
     rng = jax.random.key(seed)
-    frames, motions = [], []
+    r = self.resolution
+    # Filled in place: one host copy per frame after the device's, and no second clip in memory
+    # (a list of windows plus their concatenation held two).
+    frames = np.empty((num_frames, r, r, 3), np.uint8)
+    motions = []
     n_windows = sl.window_count(num_frames, self.window)
     bar = tqdm(total=num_frames, unit="frame", desc="generate", disable=not progress)
 
-    def collect(chunks, m):  # waits for one window's frames; the next window is already queued
-      frames.append(np.concatenate([np.asarray(c) for c in chunks])[:m])
+    def collect(chunks, start, m):  # waits for one window's frames; the next one is queued
+      for j, c in enumerate(chunks):
+        a, b = start + j * self.render_batch, min(start + (j + 1) * self.render_batch, start + m)
+        frames[a:b] = np.asarray(c)[:b - a]
       bar.update(m)
       bar.set_postfix(fps=f"{bar.n / max(time.perf_counter() - t1, 1e-9):.1f}")
 
@@ -336,13 +342,13 @@ class Pipeline:
       chunks = self.render_chunks(portrait, motion)
       if pending is not None:
         collect(*pending)
-      pending = (chunks, m)
+      pending = (chunks, i * self.window, m)
     if pending is not None:
       collect(*pending)
     bar.close()
     t2 = time.perf_counter()
     return GenerationResult(
-        frames=np.concatenate(frames), fps=25.0, audio=wav, sample_rate=16000,
+        frames=frames, fps=25.0, audio=wav, sample_rate=16000,
         motion=np.concatenate(motions),
         timings={"prepare_s": t1 - t0, "generate_s": t2 - t1,
                  "fps": num_frames / max(t2 - t1, 1e-9)})
