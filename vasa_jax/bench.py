@@ -106,10 +106,8 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
 
   config = config_utils.load_config(config_spec, overrides)
   t0 = time.perf_counter()
-  knobs = {"compute_dtype": config.inference.get("compute_dtype", "float32"),
-           "render_batch": config.inference.get("render_batch", 0)}
-  pipe = (pipeline_lib.load_pipeline(checkpoint, **knobs) if checkpoint
-          else pipeline_lib.random_pipeline(config, **knobs))
+  pipe = (pipeline_lib.load_pipeline(checkpoint, **pipeline_lib.inference_knobs(config))
+          if checkpoint else pipeline_lib.random_pipeline(config))
   build_s = time.perf_counter() - t0
   device = jax.devices()[0]
   r, w = pipe.resolution, pipe.window

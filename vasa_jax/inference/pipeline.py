@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs.common import SAMPLE_RATE, SAMPLES_PER_FRAME
 from vasa_jax.errors import CheckpointError, VasaInputError
 
 PIPELINE_FILE = "pipeline.json"
@@ -130,6 +131,7 @@ class Pipeline:
     self.latent_params, self.motion_params = latent_params, motion_params
     self.resolution = int(latent_config.model.resolution)
     self.z_pose_dim = int(latent_config.model.z_pose_dim)
+    self._mouth_index = motion_labels.MOUTH_INDEX  # the z_dyn entry `mouth_scale` acts on
     m = motion_config.model
     if int(m.motion_dim) != self.z_pose_dim + int(latent_config.model.z_dyn_dim):
       raise CheckpointError(
@@ -200,10 +202,11 @@ class Pipeline:
     that delivers `chunk_samples` at a time, rounded up to whole chunks.
     """
     from vasa_jax.inference.streaming import SAMPLE_LOOKAHEAD  # pylint: disable=import-outside-toplevel
-    need = (first_window or self.window) * 640 + self.audio_lookahead * 640 + SAMPLE_LOOKAHEAD
+    frames = (first_window or self.window) + self.audio_lookahead
+    need = frames * SAMPLES_PER_FRAME + SAMPLE_LOOKAHEAD
     if chunk_samples:
       need = -(-need // int(chunk_samples)) * int(chunk_samples)
-    return need / 16000.0
+    return need / SAMPLE_RATE
 
   def _guidance(self, cfg_audio, cfg_gaze) -> tuple[float, float]:
     return (self.cfg_audio if cfg_audio is None else float(cfg_audio),
@@ -237,16 +240,19 @@ class Pipeline:
   def denormalize(self, motion: np.ndarray, portrait: Portrait,
                   mouth_scale: float | None = None) -> np.ndarray:
     """Normalised sampler output (T, Dm) -> [z_pose, z_dyn] the decoder takes."""
-    from vasa_jax.models.motion_labels import MOUTH_INDEX  # pylint: disable=import-outside-toplevel
     out = np.asarray(motion, np.float32) * self.std + self.mean
     p = self.z_pose_dim
     if self.pose_mode == "relative":
       out[:, :p] += np.asarray(portrait.z_pose[0]) - self.mean[:p]
-    scale = self.mouth_scale if mouth_scale is None else check_mouth_scale(mouth_scale)
+    scale = self._mouth_scale(mouth_scale)
     if scale != 1.0:
-      own = float(np.asarray(portrait.z_dyn[0, MOUTH_INDEX]))
-      out[:, p + MOUTH_INDEX] = own + scale * (out[:, p + MOUTH_INDEX] - own)
+      i = self._mouth_index
+      own = float(np.asarray(portrait.z_dyn[0, i]))
+      out[:, p + i] = own + scale * (out[:, p + i] - own)
     return out
+
+  def _mouth_scale(self, value) -> float:
+    return self.mouth_scale if value is None else check_mouth_scale(value)
 
   def render_chunks(self, portrait: Portrait, motion: np.ndarray) -> list[jax.Array]:
     """Dispatches the decoder on (T, Dm) denormalised motion without waiting for it.
@@ -264,11 +270,17 @@ class Pipeline:
                                  jnp.asarray(chunk[:, :p]), jnp.asarray(chunk[:, p:])))
     return chunks
 
+  def host_frames(self, chunks: list[jax.Array], n: int) -> Iterator[np.ndarray]:
+    """The first `n` frames of `render_chunks`' output, one host array per chunk, each as soon
+    as its decoder call is done (the padding of the last chunk dropped)."""
+    for j, c in enumerate(chunks):
+      yield np.asarray(c)[:n - j * self.render_batch]
+
   def render_frames(self, portrait: Portrait, motion: np.ndarray) -> np.ndarray:
     """(T, Dm) denormalised motion -> (T, R, R, 3) uint8."""
     n, r = motion.shape[0], self.resolution
-    chunks = [np.asarray(c) for c in self.render_chunks(portrait, motion)]
-    return np.concatenate(chunks)[:n] if chunks else np.zeros((0, r, r, 3), np.uint8)
+    chunks = list(self.host_frames(self.render_chunks(portrait, motion), n))
+    return np.concatenate(chunks) if chunks else np.zeros((0, r, r, 3), np.uint8)
 
   # -- public API --------------------------------------------------------------------------
 
@@ -302,8 +314,7 @@ class Pipeline:
     from vasa_jax.data import audio_features, media
 
     t0 = time.perf_counter()
-    if mouth_scale is not None:
-      check_mouth_scale(mouth_scale)  # before any slow work
+    mouth_scale = self._mouth_scale(mouth_scale)  # checked before any slow work
     wav = media.read_audio(audio, sr=16000, orig_sr=sample_rate or 16000)
     portrait = image if isinstance(image, Portrait) else self.prepare_portrait(image)
     t1 = time.perf_counter()
@@ -325,9 +336,9 @@ class Pipeline:
     bar = tqdm(total=num_frames, unit="frame", desc="generate", disable=not progress)
 
     def collect(chunks, start, m):  # waits for one window's frames; the next one is queued
-      for j, c in enumerate(chunks):
-        a, b = start + j * self.render_batch, min(start + (j + 1) * self.render_batch, start + m)
-        frames[a:b] = np.asarray(c)[:b - a]
+      for block in self.host_frames(chunks, m):
+        frames[start:start + len(block)] = block
+        start += len(block)
       bar.update(m)
       bar.set_postfix(fps=f"{bar.n / max(time.perf_counter() - t1, 1e-9):.1f}")
 
@@ -374,8 +385,7 @@ class Pipeline:
     """
     from vasa_jax.inference.streaming import MotionStream  # pylint: disable=import-outside-toplevel
 
-    if mouth_scale is not None:
-      check_mouth_scale(mouth_scale)
+    mouth_scale = self._mouth_scale(mouth_scale)
     portrait = image if isinstance(image, Portrait) else self.prepare_portrait(image)
     da = int(self.motion_config.model.audio_width)
     cfg_audio, cfg_gaze = self._guidance(cfg_audio, cfg_gaze)
@@ -390,8 +400,8 @@ class Pipeline:
       n = motion.shape[0]
       if n:
         chunks = self.render_chunks(portrait, self.denormalize(motion, portrait, mouth_scale))
-        for j, c in enumerate(chunks):
-          yield from np.asarray(c)[:n - j * self.render_batch]
+        for block in self.host_frames(chunks, n):
+          yield from block
 
     for chunk in audio_chunks:
       chunk = np.asarray(chunk, np.float32).reshape(-1)
@@ -490,12 +500,20 @@ def init_motion_params(motion_config, rng):
                              cond)["params"]
 
 
+def inference_knobs(config) -> dict:
+  """`Pipeline` keyword arguments a `configs/demo.py` config sets (compute_dtype,
+  render_batch)."""
+  inf = config.inference
+  return {"compute_dtype": inf.get("compute_dtype", "float32"),
+          "render_batch": inf.get("render_batch", 0)}
+
+
 def random_pipeline(config, seed: int = 0, **kwargs) -> Pipeline:
   """A pipeline with random weights from a `configs/demo.py` config (speed and shape checks)."""
   latent_params, motion_params = init_random_params(config.latent, config.motion, seed)
   dm = int(config.motion.model.motion_dim)
   stats = {"mean": [0.0] * dm, "std": [1.0] * dm}
   kwargs.setdefault("steps", config.inference.steps)
-  kwargs.setdefault("compute_dtype", config.inference.get("compute_dtype", "float32"))
-  kwargs.setdefault("render_batch", config.inference.get("render_batch", 0))
+  for k, v in inference_knobs(config).items():
+    kwargs.setdefault(k, v)
   return Pipeline(config.latent, latent_params, config.motion, motion_params, stats, **kwargs)
