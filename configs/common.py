@@ -99,6 +99,11 @@ def train_config(num_steps, batch_size, log_every=10, ckpt_every=500, sample_eve
   c.async_checkpoint = True
   c.compute_dtype = "float32"  # "bfloat16" for mixed precision; params stay float32
   c.distributed = False  # call jax.distributed.initialize() at start (multi-host)
+  # Wall-clock budget for the loop (compilation excluded), in seconds; 0 = none. When spent, the
+  # run checkpoints the step it reached and stops (checked at log steps), like a preemption: for
+  # a Colab session, a lent accelerator or a time-boxed slot. The schedule still follows
+  # num_steps, so set num_steps to the steps the budget affords for a full decay.
+  c.time_limit_s = 0.0
   # A run (workdir, checkpoints dir, step dir or export) whose parameters start a fresh run in
   # place of random ones; optimizer, schedule and step start over. "" = random init.
   c.init_from = ""

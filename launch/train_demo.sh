@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Trains the bundled demo pipeline from raw clips, end to end, on one machine.
+# Trains a demo pipeline from raw clips, end to end, on one CPU machine: the recipe of the first
+# bundled checkpoint (a 16x16 volume). The current one came from launch/train_demo_gpu.sh.
 #
 #   launch/train_demo.sh DATA_DIR WORK_DIR [OUT_DIR]
 #

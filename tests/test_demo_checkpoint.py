@@ -75,3 +75,43 @@ def test_eval_demo_script_reports_every_video(shared_data, tmp_path):
   assert data["summary"]["generated"]["count"] == 4 + n_portraits
   assert data["summary"]["real"]["count"] == 12
   assert all(r["num_frames"] <= 300 and r["face_found_frac"] > 0.9 for r in data["generated"])
+
+
+def test_gpu_recipe_runs_in_order_and_matches_the_bundled_defaults(tmp_path):
+  """launch/train_demo_gpu.sh with a stand-in vasa-jax that logs each command: the steps come
+  in order, resume from what exists, and the export stores the bundled sampling defaults."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  log = tmp_path / "calls.txt"
+  stub = tmp_path / "vasa-jax"
+  stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+  stub.chmod(0o755)
+  work = tmp_path / "work"
+  script = pathlib.Path(__file__).parents[1] / "launch" / "train_demo_gpu.sh"
+  env = dict(os.environ, VASA_JAX=str(stub))
+  subprocess.run(["bash", str(script), "data", str(work), str(tmp_path / "out")], check=True,
+                 env=env, cwd=script.parents[1])
+  calls = [c.split() for c in log.read_text().splitlines()]
+  assert [c[0] for c in calls] == ["preprocess", "slim-shards", "train", "train", "train",
+                                   "extract-motion", "train", "export"]
+  legs = [c[c.index("--max-steps") + 1] for c in calls[2:5]]
+  assert legs == ["2900", "7075", "11250"]
+  assert all("--config.model.app_size=32" in c for c in calls[2:5])
+  export = calls[-1]
+  stored = json.loads((DEMO / pipeline_lib.PIPELINE_FILE).read_text())
+  for flag, key in (("--steps", "steps"), ("--cfg-audio", "cfg_audio"),
+                    ("--mouth-scale", "mouth_scale")):
+    assert float(export[export.index(flag) + 1]) == pytest.approx(stored[key]), flag
+  # Stage 1 and stage 2 halves run apart (GPU machine / CPU machine); finished steps are skipped.
+  for d in ("data128", "slim", "motion_data"):
+    (work / d).mkdir(parents=True, exist_ok=True)
+    (work / d / "index.json").write_text("{}")
+  log.unlink()
+  subprocess.run(["bash", str(script), "data", str(work)], check=True, cwd=script.parents[1],
+                 env=dict(env, STAGE="1"))
+  assert [c.split()[0] for c in log.read_text().splitlines()] == ["train"] * 3
+  log.unlink()
+  subprocess.run(["bash", str(script), "data", str(work)], check=True, cwd=script.parents[1],
+                 env=dict(env, STAGE="2"))
+  assert [c.split()[0] for c in log.read_text().splitlines()] == ["train", "export"]

@@ -1,6 +1,7 @@
 """The training loop on the toy task: learning, resume, one compile, mesh equivalence, NaN."""
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -145,6 +146,22 @@ def test_resume_from_periodic_checkpoint_after_a_crash(full_run, stopped_run, tm
   for a, b in zip(probe.batches, ref_probe.batches[5:]):
     np.testing.assert_array_equal(a, b)
   _assert_trees_close(_params(crashed), _params(ref_dir), rtol=1e-6, atol=1e-7)
+
+
+def test_time_limit_checkpoints_the_step_reached_and_resume_finishes(full_run, tmp_path,
+                                                                      monkeypatch):
+  ref_dir, _, ref_probe = full_run
+  clock = itertools.count()  # one second per reading of the clock
+  monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
+  result, probe = _run(_config(time_limit_s=2.5), tmp_path / "run")
+  monkeypatch.undo()
+  stopped = result["step"]
+  assert 1 <= stopped < 10 and len(probe.batches) == stopped
+  steps = ckpt_lib.Checkpointer(tmp_path / "run" / "checkpoints", read_only=True).all_steps()
+  assert steps[-1] == stopped  # the step reached was saved, not only the periodic ones
+  result, probe = _run(_config(), tmp_path / "run")  # no budget: resumes and finishes
+  assert result["step"] == 10 and len(probe.batches) == 10 - stopped
+  _assert_trees_close(_params(tmp_path / "run"), _params(ref_dir), rtol=1e-6, atol=1e-7)
 
 
 def test_data_fsdp_mesh_matches_one_device(full_run, tmp_path):

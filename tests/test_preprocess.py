@@ -13,6 +13,7 @@ import pytest
 
 from vasa_jax.config_utils import load_config
 from vasa_jax.data import pipelines, preprocess, records
+from vasa_jax.errors import VasaInputError
 
 # Two short 224x224 clips of different people (fast to decode); 2 s of each is kept.
 CLIP_A = "Talking-Face_PC-AVS__misc_Input_00002.mp4"  # person vox_id5176
@@ -194,3 +195,33 @@ def test_motion_dataset_on_fake_motion_records(prepared):
   assert not batch["motion_prev"][~batch["has_prev"]].any()
   synthetic = next(iter(pipelines.make_synthetic_motion_dataset(config)))
   assert _spec(synthetic) == _spec(batch)
+
+
+def test_slim_shards_keep_what_stage1_reads(prepared, tmp_path):
+  from vasa_jax.data import face_labels, slim  # pylint: disable=g-import-not-at-top
+  src = records.ClipIndex.load(prepared["root"] / "all")
+  drop = src.clips[0]["person"]
+  summary = slim.slim_shards(prepared["root"] / "all", tmp_path / "slim", every=2, quality=80,
+                             exclude_persons=[drop], progress=False)
+  out = records.ClipIndex.load(tmp_path / "slim")
+  kept = [c for c in src.clips if c["person"] != drop]
+  assert summary["clips"] == len(out.clips) == len(kept) >= 1
+  for full_entry, entry in zip(kept, out.clips):
+    full, rec = src.read(full_entry), out.read(entry)
+    n = full_entry["frames"]
+    assert entry["frames"] == len(rec["frames_jpeg"]) == (n + 1) // 2
+    assert not {"landmarks", "audio", "audio_feats"} & set(rec)
+    np.testing.assert_array_equal(rec["mouth_open"], full["mouth_open"][::2])
+    np.testing.assert_allclose(rec["mouth_box"],
+                               face_labels.mouth_box(full["landmarks"][::2], R), atol=1e-6)
+    frames = records.decode_frames(rec, [1])
+    ref = records.decode_frames(full, [2])
+    assert frames.shape == ref.shape and np.abs(frames.astype(int) - ref).mean() < 6
+  # The stage-1 pipeline serves the slim shards with the full shards' element spec.
+  batch = next(iter(pipelines.make_latent_dataset(_latent_config(tmp_path / "slim"))))
+  full_batch = next(iter(pipelines.make_latent_dataset(_latent_config(prepared["root"] / "all"))))
+  assert _spec(batch) == _spec(full_batch)
+  np.testing.assert_array_equal(batch["labels_valid"], 1.0)
+  assert np.all((batch["mouth_box"][..., 2:] > 0.02) & (batch["mouth_box"][..., 2:] < 0.3))
+  with pytest.raises(VasaInputError, match="already holds"):
+    slim.slim_shards(prepared["root"] / "all", tmp_path / "slim", progress=False)

@@ -87,11 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="checkpoints, logs and samples go here")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host)")
+    p.add_argument("--max-steps", type=int,
+                   help="stop at this step (checkpointing it); the learning-rate schedule "
+                   "still follows train.num_steps, so a later run continues the same decay")
 
   p = sub.add_parser("extract-motion", help="stage 1 encoder over shards -> motion shards")
   p.add_argument("--latent-checkpoint", required=True)
   p.add_argument("--shards", required=True, help="directory written by preprocess")
   p.add_argument("--out", required=True)
+
+  p = sub.add_parser("slim-shards",
+                     help="stage-1-only copy of preprocessed shards, small enough to ship")
+  p.add_argument("--shards", required=True, help="directory written by preprocess")
+  p.add_argument("--out", required=True, help="new directory for the slim shards")
+  p.add_argument("--every", type=int, default=3, help="keep every N-th frame (default 3)")
+  p.add_argument("--quality", type=int, default=80, help="JPEG quality (default 80)")
+  p.add_argument("--exclude-persons", nargs="*", default=[],
+                 help="persons left out (e.g. the validation people)")
 
   p = sub.add_parser("export", help="bundle stage 1 + stage 2 runs into a pipeline checkpoint")
   p.add_argument("--latent", required=True, help="stage 1 workdir")
@@ -178,7 +190,14 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     config = config_utils.load_config(args.config, overrides)
     if args.distributed:
       config.train.distributed = True
-    loop.train(config, args.workdir)
+    loop.train(config, args.workdir, max_steps=args.max_steps)
+    return 0
+  if cmd == "slim-shards":
+    from vasa_jax.data import slim
+    summary = slim.slim_shards(args.shards, args.out, every=args.every, quality=args.quality,
+                               exclude_persons=args.exclude_persons)
+    print(f"Wrote {summary['clips']} clips, {summary['frames']} frames, "
+          f"{summary['bytes'] / 1e6:.1f} MB to {args.out}")
     return 0
   if cmd == "extract-motion":
     from vasa_jax.data import extract_motion

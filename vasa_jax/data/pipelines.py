@@ -433,7 +433,10 @@ class _LatentElement:
         np.asarray(rec["head_pose"])[idx], np.asarray(rec["face_scale"])[idx],
         np.asarray(rec["mouth_open"])[idx], self.label_cfg)
     frames = records.decode_frames(rec, indices)
-    boxes = face_labels.mouth_box(np.asarray(rec["landmarks"])[idx], frames.shape[1])
+    if "mouth_box" in rec:  # precomputed: slim records (no landmarks) for a remote trainer
+      boxes = np.asarray(rec["mouth_box"], np.float32)[idx]
+    else:
+      boxes = face_labels.mouth_box(np.asarray(rec["landmarks"])[idx], frames.shape[1])
     return frames, labels, valid, boxes
 
   def __call__(self, index, rng: np.random.Generator) -> dict:

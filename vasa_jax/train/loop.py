@@ -290,6 +290,17 @@ def _to_host(metrics) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------------------------
+def _past(deadline: float | None, process_count: int) -> bool:
+  """Whether the wall-clock deadline has passed, as process 0 sees it (all hosts agree)."""
+  if deadline is None:
+    return False
+  past = time.perf_counter() >= deadline
+  if process_count > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    past = bool(multihost_utils.broadcast_one_to_all(np.bool_(past)))
+  return past
+
+
 def train(config, workdir, *, max_steps: int | None = None, progress: bool = True
           ) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from the latest checkpoint there.
@@ -378,6 +389,8 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
       schedule = optim.make_schedule(config.optim, num_steps)
     result: dict[str, Any] = {"step": start, "compile_s": compile_s}
     t_log, step_log = time.perf_counter(), start
+    limit = float(tc.get("time_limit_s", 0) or 0)
+    deadline = t_log + limit if limit > 0 else None
     step, ran_out = start, False
     for step in range(start + 1, stop_at + 1):
       try:
@@ -397,6 +410,11 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
       preempted = checkpointer.reached_preemption(step)
       if log_now or ckpt_now or preempted:
         _check_finite(first_bad, checkpointer)  # never checkpoint a diverged state
+      # After that sync the clock counts steps done, not steps dispatched ahead.
+      out_of_time = log_now and not last and _past(deadline, pcount)
+      if out_of_time:
+        log.warning("train.time_limit_s=%g spent: saving step %d and stopping", limit, step)
+      preempted = preempted or out_of_time
 
       if log_now:
         now = time.perf_counter()
@@ -424,7 +442,8 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
       if ckpt_now or preempted:
         checkpointer.save(step, state, data_iter, config)
       if preempted:
-        log.warning("Preemption signalled: saved step %d and stopping", step)
+        if not out_of_time:
+          log.warning("Preemption signalled: saved step %d and stopping", step)
         break
     if ran_out and step > start:
       _check_finite(first_bad, checkpointer)
