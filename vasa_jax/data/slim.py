@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from vasa_jax.data import face_labels, records
+from vasa_jax.data import face_labels, pipelines, records
 from vasa_jax.errors import VasaInputError
 
 # Per-frame arrays the stage-1 pipeline reads; clip-level fields kept as they are.
@@ -51,23 +51,23 @@ def slim_shards(src: str | os.PathLike, out: str | os.PathLike, *, every: int = 
   """
   if every < 1 or not 1 <= quality <= 100:
     raise VasaInputError(f"--every {every} must be >= 1 and --quality {quality} within 1..100")
-  index = records.ClipIndex.load(src)
+  clips = pipelines.ClipSource(src, exclude_persons=exclude_persons)  # keeps shards open
+  index = clips.index
   out = pathlib.Path(out)
   if (out / records.INDEX_NAME).exists():
     raise VasaInputError(f"{out} already holds an index.json; pass a new --out directory.")
   (out / records.SHARD_DIR).mkdir(parents=True, exist_ok=True)
-  entries = [e for e in index.clips if e["person"] not in set(exclude_persons)]
   slim = records.ClipIndex(root=out.resolve(), resolution=index.resolution, fps=index.fps,
                            extra={"slim": {"every": every, "quality": quality,
                                            "source": str(index.root)}})
-  for start in tqdm(range(0, len(entries), clips_per_shard), desc="slim-shards", unit="shard",
+  for start in tqdm(range(0, len(clips), clips_per_shard), desc="slim-shards", unit="shard",
                     disable=not progress):
-    group = entries[start:start + clips_per_shard]
+    ks = range(start, min(start + clips_per_shard, len(clips)))
     shard = f"{records.SHARD_DIR}/slim-{start // clips_per_shard:05d}.array_record"
-    recs = [slim_record(index.read(e), every, quality) for e in group]
+    recs = [slim_record(clips[k], every, quality) for k in ks]
     records.write_shard(out / shard, recs)
-    slim.clips += [dict(e, frames=len(r["frames_jpeg"]), shard=shard, record=i)
-                   for i, (e, r) in enumerate(zip(group, recs))]
+    slim.clips += [dict(clips.entries[k], frames=len(r["frames_jpeg"]), shard=shard, record=i)
+                   for i, (k, r) in enumerate(zip(ks, recs))]
   slim.save()  # last, so a stopped run leaves no index that points at missing shards
   size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
   return {"clips": len(slim.clips), "frames": slim.num_frames, "bytes": size}

@@ -412,9 +412,7 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
         _check_finite(first_bad, checkpointer)  # never checkpoint a diverged state
       # After that sync the clock counts steps done, not steps dispatched ahead.
       out_of_time = log_now and not last and _past(deadline, pcount)
-      if out_of_time:
-        log.warning("train.time_limit_s=%g spent: saving step %d and stopping", limit, step)
-      preempted = preempted or out_of_time
+      stop = preempted or out_of_time
 
       if log_now:
         now = time.perf_counter()
@@ -439,11 +437,11 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
         if is_main and image is not None:
           _save_png(image, workdir / "samples" / f"step_{step:06d}.png")
 
-      if ckpt_now or preempted:
+      if ckpt_now or stop:
         checkpointer.save(step, state, data_iter, config)
-      if preempted:
-        if not out_of_time:
-          log.warning("Preemption signalled: saved step %d and stopping", step)
+      if stop:
+        log.warning("%s: saved step %d and stopping", "Preemption signalled" if preempted
+                    else f"train.time_limit_s={limit:g} spent", step)
         break
     if ran_out and step > start:
       _check_finite(first_bad, checkpointer)
