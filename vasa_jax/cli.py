@@ -23,6 +23,13 @@ def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
   return values
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+  try:
+    return tuple(float(v) for v in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expects comma-separated numbers, got {text!r}") from None
+
+
 def _add_generation_args(p: argparse.ArgumentParser):
   p.add_argument("--image", help="portrait (any size/format); default: the bundled portrait")
   p.add_argument("--audio", help="speech (wav/mp3/flac/m4a or a video's track); default: bundled")
@@ -145,6 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-clips", type=int, default=None, help="evaluate at most this many clips")
   p.add_argument("--seed", type=int, default=0)
 
+  p = sub.add_parser("calibrate-mouth", help="pick a pipeline's mouth scale (the most mouth "
+                     "motion that follows the speech) on clips of the people it trained on")
+  p.add_argument("--checkpoint", help="pipeline directory (default: the bundled demo)")
+  clips = p.add_mutually_exclusive_group(required=True)
+  clips.add_argument("--clips", nargs="+", help="real talking clips with audio (training people)")
+  clips.add_argument("--data", help="data directory with manifest.csv: one clip per person")
+  p.add_argument("--exclude-persons", nargs="*", default=[],
+                 help="with --data: persons left out (the evaluation people)")
+  p.add_argument("--max-clips", type=int, default=20, help="with --data: at most this many clips")
+  p.add_argument("--scales", type=_float_list,
+                 default=(1.0, 1.5, 2.0, 2.5, 3.0), metavar="S1,S2,...",
+                 help="increasing candidate mouth scales (default: 1,1.5,2,2.5,3)")
+  p.add_argument("--max-seconds", type=float, default=10.0, help="seconds used per clip")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", required=True, help="report directory")
+  p.add_argument("--write", action="store_true",
+                 help="store the chosen scale as the pipeline's default in its pipeline.json")
+
   p = sub.add_parser("bench", help="speed table: audio encoder, sampler, decoder, end to end")
   p.add_argument("--config", default="configs/demo.py:demo")
   p.add_argument("--checkpoint", help="pipeline directory (default: random weights)")
@@ -233,6 +258,16 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
                                    args.motion_dir, split=args.split, steps=args.steps,
                                    seed=args.seed, max_clips=args.max_clips, out=args.out)
     print(f"eval-motion: wrote {args.out}/{motion_lipsync.MD_NAME}")
+    return 0
+  if cmd == "calibrate-mouth":
+    from vasa_jax.eval import mouth_calibration as mc
+    clips = args.clips or mc.select_clips(args.data, exclude_persons=args.exclude_persons,
+                                          max_clips=args.max_clips)
+    result = mc.calibrate(args.checkpoint, clips, args.out, scales=args.scales, seed=args.seed,
+                          max_seconds=args.max_seconds, write=args.write)
+    print(f"calibrate-mouth: mouth scale {result['mouth_scale']:g}"
+          + (" written to pipeline.json" if result["written"] else "")
+          + f"; report in {args.out}/{mc.MD_NAME}")
     return 0
   if cmd == "bench":
     from vasa_jax import bench

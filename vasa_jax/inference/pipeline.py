@@ -245,10 +245,16 @@ class Pipeline:
     if self.pose_mode == "relative":
       out[:, :p] += np.asarray(portrait.z_pose[0]) - self.mean[:p]
     scale = self._mouth_scale(mouth_scale)
-    if scale != 1.0:
-      i = self._mouth_index
-      own = float(np.asarray(portrait.z_dyn[0, i]))
-      out[:, p + i] = own + scale * (out[:, p + i] - own)
+    return out if scale == 1.0 else self.scale_mouth(out, portrait, scale)
+
+  def scale_mouth(self, motion: np.ndarray, portrait: Portrait, scale: float) -> np.ndarray:
+    """Denormalised (T, Dm) motion with the mouth entry's departure from the portrait's own
+    value multiplied by `scale` (a copy)."""
+    out = np.array(motion, np.float32)
+    i = self._mouth_index
+    own = float(np.asarray(portrait.z_dyn[0, i]))
+    out[:, self.z_pose_dim + i] = own + check_mouth_scale(scale) * (
+        out[:, self.z_pose_dim + i] - own)
     return out
 
   def _mouth_scale(self, value) -> float:
