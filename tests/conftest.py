@@ -1,4 +1,5 @@
-"""Test setup: 8 virtual CPU devices, slow-test switch, and the shared real-data fixture."""
+"""Test setup: 8 virtual CPU devices, slow-test switch, the shared real-data fixture and a tiny
+random pipeline directory."""
 import os
 import pathlib
 
@@ -33,3 +34,16 @@ def shared_data():
   if not (SHARED_DATA / "manifest.csv").is_file():
     pytest.skip(f"real data not found at {SHARED_DATA}")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline_dir(tmp_path_factory):
+  """A pipeline directory of the `tiny` config with random weights (renders no face)."""
+  from vasa_jax.config_utils import load_config  # pylint: disable=import-outside-toplevel
+  from vasa_jax.inference import pipeline as pipeline_lib  # pylint: disable=import-outside-toplevel
+  config = load_config("configs/demo.py:tiny")
+  pipe = pipeline_lib.random_pipeline(config, seed=0)
+  out = tmp_path_factory.mktemp("pipe")
+  pipeline_lib.save_pipeline(out, config.latent, pipe.latent_params, config.motion,
+                             pipe.motion_params, {"mean": pipe.mean, "std": pipe.std}, steps=2)
+  return out

@@ -11,18 +11,6 @@ from vasa_jax.errors import NoFaceError, VasaInputError
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline_dir(tmp_path_factory):
-  from vasa_jax.config_utils import load_config
-  from vasa_jax.inference import pipeline as pipeline_lib
-  config = load_config("configs/demo.py:tiny")
-  pipe = pipeline_lib.random_pipeline(config, seed=0)
-  out = tmp_path_factory.mktemp("pipe")
-  pipeline_lib.save_pipeline(out, config.latent, pipe.latent_params, config.motion,
-                             pipe.motion_params, {"mean": pipe.mean, "std": pipe.std}, steps=2)
-  return out
-
-
-@pytest.fixture(scope="module")
 def pipe(tiny_pipeline_dir):
   from vasa_jax.inference import pipeline as pipeline_lib
   return pipeline_lib.load_pipeline(tiny_pipeline_dir)

@@ -57,13 +57,19 @@ def still_clip(tmp_path_factory):
   return media.write_video(tmp_path_factory.mktemp("clip") / "still.mp4", frames, audio=wav)
 
 
-def test_calibrate_writes_the_report_and_the_pipeline_default(still_clip, tmp_path):
+@pytest.fixture(scope="module")
+def demo():
+  """The bundled demo pipeline, loaded once (it renders faces)."""
   if not (pipeline_lib.DEFAULT_CHECKPOINT / pipeline_lib.PIPELINE_FILE).is_file():
     pytest.skip("no bundled demo checkpoint in this checkout")
+  return pipeline_lib.load_pipeline()
+
+
+def test_calibrate_writes_the_report_and_the_pipeline_default(demo, still_clip, tmp_path):
   ckpt = shutil.copytree(pipeline_lib.DEFAULT_CHECKPOINT, tmp_path / "demo")
   before = json.loads((ckpt / "pipeline.json").read_text())
   result = mc.calibrate(ckpt, [still_clip], tmp_path / "report", scales=(0.5, 1.0, 2.0),
-                        max_seconds=3.0, write=True)
+                        max_seconds=3.0, write=True, pipe=demo)
   row = result["clips"][0]
   assert row["frames"] == 75 and row["real"]["face_found"] == 1.0
   # The still mouth's spread is only the face mesh's jitter on a still frame.
@@ -84,13 +90,10 @@ def test_calibrate_writes_the_report_and_the_pipeline_default(still_clip, tmp_pa
   assert f"Mouth scale {result['mouth_scale']:g}**" in report
 
 
-def test_calibrate_on_a_pipeline_that_renders_no_face_fails_clearly(still_clip, tmp_path):
-  from vasa_jax.config_utils import load_config
-  config = load_config("configs/demo.py:tiny")
-  pipe = pipeline_lib.random_pipeline(config, seed=0)
-  ckpt = pipeline_lib.save_pipeline(tmp_path / "tiny", config.latent, pipe.latent_params,
-                                    config.motion, pipe.motion_params,
-                                    {"mean": pipe.mean, "std": pipe.std}, steps=2)
+def test_calibrate_on_a_pipeline_that_renders_no_face_fails_clearly(tiny_pipeline_dir,
+                                                                     still_clip, tmp_path):
+  ckpt = tiny_pipeline_dir
+  pipe = pipeline_lib.load_pipeline(ckpt)
   before = (ckpt / "pipeline.json").read_text()
   with pytest.raises(VasaInputError, match="renders faces"):
     mc.calibrate(ckpt, [still_clip], tmp_path / "report", scales=(1.0,), max_seconds=1.0,
@@ -103,26 +106,22 @@ def test_calibrate_on_a_pipeline_that_renders_no_face_fails_clearly(still_clip, 
     mc.calibrate(ckpt, [str(tmp_path / "missing.mp4")], tmp_path / "report", pipe=pipe)
 
 
-def test_calibrate_passes_over_a_silent_clip(still_clip, tmp_path):
+def test_calibrate_passes_over_a_silent_clip(demo, still_clip, tmp_path):
   """One bad clip in a long batch is reported, not fatal; with no usable clip it fails."""
   from vasa_jax.data import media
   silent = media.write_video(tmp_path / "silent.mp4", np.zeros((25, 64, 64, 3), np.uint8))
-  if not (pipeline_lib.DEFAULT_CHECKPOINT / pipeline_lib.PIPELINE_FILE).is_file():
-    pytest.skip("no bundled demo checkpoint in this checkout")
   result = mc.calibrate(None, [silent, still_clip], tmp_path / "r", scales=(1.0,),
-                        max_seconds=1.0)
+                        max_seconds=1.0, pipe=demo)
   assert [r["clip"] for r in result["clips"]] == [still_clip]
   assert result["skipped"][0]["clip"] == silent and "no audio" in result["skipped"][0]["why"]
   with pytest.raises(VasaInputError, match="all 1 skipped.*no audio track"):
-    mc.calibrate(None, [silent], tmp_path / "r2", scales=(1.0,), max_seconds=1.0)
+    mc.calibrate(None, [silent], tmp_path / "r2", scales=(1.0,), max_seconds=1.0, pipe=demo)
 
 
-def test_calibrate_on_a_real_clip_larger_scale_larger_mouth(shared_data, tmp_path):
-  if not (pipeline_lib.DEFAULT_CHECKPOINT / pipeline_lib.PIPELINE_FILE).is_file():
-    pytest.skip("no bundled demo checkpoint in this checkout")
+def test_calibrate_on_a_real_clip_larger_scale_larger_mouth(demo, shared_data, tmp_path):
   from configs import common
   clip = mc.select_clips(shared_data, exclude_persons=common.DEMO_VAL_PERSONS, max_clips=1)
-  result = mc.calibrate(None, clip, tmp_path, scales=(0.0, 2.0), max_seconds=4.0)
+  result = mc.calibrate(None, clip, tmp_path, scales=(0.0, 2.0), max_seconds=4.0, pipe=demo)
   assert result["real_spread"] > 0.005 and not result["written"]
   frozen, doubled = result["rendered_spread"]
   assert doubled > 1.5 * frozen

@@ -13,21 +13,17 @@ from vasa_jax.errors import VasaInputError
 DEFAULT_OUT = "out.mp4"
 
 
-def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
+def _floats(text: str, n: int | None, name: str) -> tuple[float, ...]:
+  """Comma-separated numbers: exactly `n` of them, or any number (at least one) for n=None."""
   try:
     values = tuple(float(v) for v in text.split(","))
   except ValueError:
     values = ()
-  if len(values) != n:
-    raise argparse.ArgumentTypeError(f"--{name} expects {n} comma-separated numbers, got {text!r}")
+  if (not values) if n is None else len(values) != n:
+    count = "" if n is None else f"{n} "
+    raise argparse.ArgumentTypeError(f"--{name} expects {count}comma-separated numbers, got "
+                                     f"{text!r}")
   return values
-
-
-def _float_list(text: str) -> tuple[float, ...]:
-  try:
-    return tuple(float(v) for v in text.split(","))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expects comma-separated numbers, got {text!r}") from None
 
 
 def _add_generation_args(p: argparse.ArgumentParser):
@@ -161,8 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--exclude-persons", nargs="*", default=[],
                  help="with --data: persons left out (the evaluation people)")
   p.add_argument("--max-clips", type=int, default=20, help="with --data: at most this many clips")
-  p.add_argument("--scales", type=_float_list,
-                 default=(1.0, 1.5, 2.0, 2.5, 3.0), metavar="S1,S2,...",
+  p.add_argument("--scales", type=lambda s: _floats(s, None, "scales"), metavar="S1,S2,...",
                  help="increasing candidate mouth scales (default: 1,1.5,2,2.5,3)")
   p.add_argument("--max-seconds", type=float, default=10.0, help="seconds used per clip")
   p.add_argument("--seed", type=int, default=0)
@@ -263,7 +258,8 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     from vasa_jax.eval import mouth_calibration as mc
     clips = args.clips or mc.select_clips(args.data, exclude_persons=args.exclude_persons,
                                           max_clips=args.max_clips)
-    result = mc.calibrate(args.checkpoint, clips, args.out, scales=args.scales, seed=args.seed,
+    result = mc.calibrate(args.checkpoint, clips, args.out,
+                          scales=args.scales or mc.DEFAULT_SCALES, seed=args.seed,
                           max_seconds=args.max_seconds, write=args.write)
     print(f"calibrate-mouth: mouth scale {result['mouth_scale']:g}"
           + (" written to pipeline.json" if result["written"] else "")

@@ -164,7 +164,7 @@ def calibrate(checkpoint, clips: Sequence[str], out_dir, *,
   """
   # pylint: disable=import-outside-toplevel
   from tqdm import tqdm
-  from vasa_jax.data import face_crop
+  from vasa_jax.data import face_crop, records
   from vasa_jax.eval import report
   from vasa_jax.inference import pipeline as pipeline_lib
 
@@ -188,18 +188,16 @@ def calibrate(checkpoint, clips: Sequence[str], out_dir, *,
   rows, skipped = [], []
   for path in tqdm(clips, desc="calibrate-mouth", unit="clip"):
     try:
-      rows.append(measure_clip(pipe, path, scales, seed=seed, max_seconds=max_seconds,
-                               analyzer=analyzer))
+      row = measure_clip(pipe, path, scales, seed=seed, max_seconds=max_seconds,
+                         analyzer=analyzer)
     except VasaInputError as e:  # no face, no audio track, unreadable: say so in the report
       skipped.append({"clip": path, "why": str(e)})
-  measurable = []
-  for r in rows:
-    if np.isfinite(r["real"]["spread"]) and all(np.isfinite(v["spread"])
-                                                for v in r["rendered"].values()):
-      measurable.append(r)
+      continue
+    spreads = [row["real"]["spread"]] + [v["spread"] for v in row["rendered"].values()]
+    if np.all(np.isfinite(spreads)):
+      rows.append(row)
     else:
-      skipped.append({"clip": r["clip"], "why": "no mouth measured in its real or rendered frames"})
-  rows = measurable
+      skipped.append({"clip": path, "why": "no mouth measured in its real or rendered frames"})
   if not rows:
     reasons = "; ".join(f"{s['clip']}: {s['why']}" for s in skipped[:3])
     raise VasaInputError(f"No clip gave a measurable mouth, all {len(skipped)} skipped ({reasons}"
@@ -218,14 +216,12 @@ def calibrate(checkpoint, clips: Sequence[str], out_dir, *,
   if write:
     meta = json.loads(meta_path.read_text())
     meta["mouth_scale"] = pipeline_lib.check_mouth_scale(result["mouth_scale"])
-    report.write_atomic(str(meta_path), lambda tmp: pathlib.Path(tmp).write_text(
-        json.dumps(meta, indent=1)))
+    records.atomic_write_text(meta_path, json.dumps(meta, indent=1))
     result["written"] = True
   os.makedirs(out_dir, exist_ok=True)
-  report.write_atomic(os.path.join(out_dir, JSON_NAME), lambda tmp: pathlib.Path(tmp).write_text(
-      json.dumps(report.to_jsonable(result), indent=1)))
-  report.write_atomic(os.path.join(out_dir, MD_NAME),
-                      lambda tmp: pathlib.Path(tmp).write_text(render_markdown(result)))
+  records.atomic_write_text(os.path.join(out_dir, JSON_NAME),
+                            json.dumps(report.to_jsonable(result), indent=1))
+  records.atomic_write_text(os.path.join(out_dir, MD_NAME), render_markdown(result))
   return result
 
 
