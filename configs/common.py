@@ -20,6 +20,11 @@ Z_POSE_DIM = 6
 VARIANTS = ("tiny", "demo", "base")
 # People of ../shared/data the demo never trains on (clean lip sync): both stages hold them out.
 DEMO_VAL_PERSONS = ("bob_menendez", "aoc", "bill_skarsgard")
+# Training people that a second stage 2 run also holds out, so stage 2 choices (its recipe, the
+# pipeline's mouth scale) are made on people it never saw, without touching the validation ones.
+DEMO_DEV_PERSONS = ("cremad_1001", "german_news_anchor", "latentsync_model1",
+                    "lrs2_deepavsr_00016", "lrs3_laalm_s4", "mead_W040", "style_trump_clip1",
+                    "vox_00473")
 
 # Logical parameter/activation names -> mesh axes. Weights are sharded over `fsdp` along their
 # largest "embed"-like dimension and over `tensor` along heads/mlp/channels.

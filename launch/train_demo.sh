@@ -27,9 +27,11 @@ $vasa train "${latent[@]}" --config.train.num_steps=2100 --config.loss.mouth_l1=
 $vasa train "${latent[@]}" --config.train.num_steps=3000 --config.optim.lr=6e-4
 $vasa extract-motion --latent-checkpoint "$work/latent_demo" --shards "$work/data128" \
     --out "$work/motion_data"
-# Stage 2: 1500 steps with the audio augmentation (configs/motion.py demo defaults).
+# Stage 2: 1500 steps with the audio augmentation, at that checkpoint's batch 16 without audio
+# look-ahead (the demo defaults have since become batch 64 and 2 frames, configs/motion.py).
 $vasa train --config configs/motion.py:demo --workdir "$work/motion_demo" \
-    --config.data.motion="$work/motion_data"
+    --config.data.motion="$work/motion_data" --config.train.batch_size=16 \
+    --config.model.audio_lookahead=0
 # Audio guidance 1.5: the scale at which the sampled mouth varies as much as the TRAINING
 # people's own mouths (0.45 vs 0.41 in normalised units; 0.5, the paper's, gives 0.23).
 # Mouth scale 4: stage 1 renders only about a fifth of a change of the mouth entry, so the

@@ -4,6 +4,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from configs import common
 from vasa_jax.inference import pipeline as pipeline_lib
 
 DEMO = pipeline_lib.DEFAULT_CHECKPOINT
@@ -94,15 +95,27 @@ def test_gpu_recipe_runs_in_order_and_matches_the_bundled_defaults(tmp_path):
                  env=env, cwd=script.parents[1])
   calls = [c.split() for c in log.read_text().splitlines()]
   assert [c[0] for c in calls] == ["preprocess", "slim-shards", "train", "train", "train",
-                                   "extract-motion", "train", "export"]
+                                   "extract-motion", "train", "train", "export", "export",
+                                   "calibrate-mouth"]
   legs = [c[c.index("--max-steps") + 1] for c in calls[2:5]]
   assert legs == ["2900", "7075", "11250"]
   assert all("--config.model.app_size=32" in c for c in calls[2:5])
-  export = calls[-1]
+  export, export_dev, calibrate = calls[-3:]
   stored = json.loads((DEMO / pipeline_lib.PIPELINE_FILE).read_text())
-  for flag, key in (("--steps", "steps"), ("--cfg-audio", "cfg_audio"),
-                    ("--mouth-scale", "mouth_scale")):
+  for flag, key in (("--steps", "steps"), ("--cfg-audio", "cfg_audio")):
     assert float(export[export.index(flag) + 1]) == pytest.approx(stored[key]), flag
+    assert export_dev[export_dev.index(flag) + 1] == export[export.index(flag) + 1]
+  # The mouth scale is measured with a stage 2 that also held the dev people out, on their
+  # clips, and written into the bundle.
+  arg = lambda c, flag: c[c.index(flag) + 1]  # noqa: E731
+  held = calls[7][-1].split("=", 1)[1]
+  assert calls[7][-1].startswith("--config.data.val_persons=")
+  assert sorted(json.loads(held)) == sorted(common.DEMO_VAL_PERSONS + common.DEMO_DEV_PERSONS)
+  assert arg(calibrate, "--checkpoint") == arg(export_dev, "--out")
+  assert arg(export_dev, "--motion") == arg(calls[7], "--workdir")
+  assert arg(calibrate, "--write-to") == arg(export, "--out") == str(tmp_path / "out")
+  persons = calibrate[calibrate.index("--persons") + 1:calibrate.index("--out")]
+  assert persons == list(common.DEMO_DEV_PERSONS)
   # Stage 1 and stage 2 halves run apart (GPU machine / CPU machine); finished steps are skipped.
   for d in ("data128", "slim", "motion_data"):
     (work / d).mkdir(parents=True, exist_ok=True)
@@ -114,4 +127,5 @@ def test_gpu_recipe_runs_in_order_and_matches_the_bundled_defaults(tmp_path):
   log.unlink()
   subprocess.run(["bash", str(script), "data", str(work)], check=True, cwd=script.parents[1],
                  env=dict(env, STAGE="2"))
-  assert [c.split()[0] for c in log.read_text().splitlines()] == ["train", "export"]
+  assert [c.split()[0] for c in log.read_text().splitlines()] == [
+      "train", "train", "export", "export", "calibrate-mouth"]

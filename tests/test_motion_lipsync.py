@@ -117,3 +117,42 @@ def test_rejects_a_mismatched_stage1_run(setup, tmp_path):
     motion_lipsync.evaluate_motion(tmp_path / "latent", ckpt, root / "motion", steps=2)
   with pytest.raises(VasaInputError, match="not a stage 2"):
     motion_lipsync.evaluate_motion(None, tmp_path / "latent", root / "motion", steps=2)
+
+
+def test_slim_motion_keeps_what_stage2_and_eval_motion_read(setup, tmp_path):
+  from vasa_jax.data import pipelines, slim  # pylint: disable=g-import-not-at-top
+  from vasa_jax.errors import VasaInputError
+  root, ckpt, config = setup
+  summary = slim.slim_motion(root / "motion", tmp_path / "slim", audio_persons=["p2"],
+                             clips_per_shard=4, progress=False)
+  full, out = records.ClipIndex.load(root / "motion"), records.ClipIndex.load(tmp_path / "slim")
+  assert summary["clips"] == len(out.clips) == len(PERSONS)
+  assert summary["frames"] == full.num_frames and out.extra["z_dyn_dim"] == full.extra["z_dyn_dim"]
+  assert len({c["shard"] for c in out.clips}) == 2  # 4 + 2 clips
+  assert (tmp_path / "slim" / "motion_stats.json").read_bytes() == (
+      root / "motion" / "motion_stats.json").read_bytes()
+  for entry, slim_entry in zip(full.clips, out.clips):
+    rec, small = full.read(entry), out.read(slim_entry)
+    assert ("audio" in small) == (entry["person"] == "p2")
+    assert small["audio_feats"].dtype == np.float16
+    np.testing.assert_allclose(small["audio_feats"], rec["audio_feats"], rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(small["z_dyn"], rec["z_dyn"])
+  # Stage 2 windows of both copies agree to float16 precision, and eval-motion on the
+  # held-out person's clips gives the same figures.
+  make = lambda d: pipelines.make_motion_dataset(  # noqa: E731
+      load_config("configs/motion.py:tiny", [f"data.motion={d}", "data.synthetic=False"]),
+      "train", 0, 1)
+  a, b = next(iter(make(root / "motion"))), next(iter(make(tmp_path / "slim")))
+  assert a.keys() == b.keys()
+  np.testing.assert_allclose(b["audio"], a["audio"], rtol=1e-3, atol=1e-3)
+  np.testing.assert_array_equal(b["motion"], a["motion"])
+  ref = motion_lipsync.evaluate_motion(None, ckpt, root / "motion", split="val", steps=2)
+  res = motion_lipsync.evaluate_motion(None, ckpt, tmp_path / "slim", split="val", steps=2)
+  for key in ("sync_label_corr_raw", "sync_generated_corr_raw", "std_generated"):
+    assert res["means"][key] == pytest.approx(ref["means"][key], abs=1e-3), key
+  with pytest.raises(VasaInputError, match="already holds"):
+    slim.slim_motion(root / "motion", tmp_path / "slim", progress=False)
+  with pytest.raises(VasaInputError, match="not in"):
+    slim.slim_motion(root / "motion", tmp_path / "other", audio_persons=["nobody"])
+  with pytest.raises(VasaInputError, match="motion_stats.json"):
+    slim.slim_motion(tmp_path / "other", tmp_path / "third")

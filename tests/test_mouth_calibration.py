@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from vasa_jax.errors import VasaInputError
+from vasa_jax.errors import CheckpointError, VasaInputError
 from vasa_jax.eval import mouth_calibration as mc
 from vasa_jax.inference import pipeline as pipeline_lib
 
@@ -40,8 +40,13 @@ def test_select_clips_takes_one_clip_per_person_outside_the_excluded(tmp_path):
   got = mc.select_clips(tmp_path, exclude_persons=["dora"], max_clips=3)
   assert [p.split("/")[-1] for p in got] == ["a1.mp4", "b2.mp4", "e1.mp4"]
   assert mc.select_clips(tmp_path, max_clips=1) == [str(tmp_path / "clips/a1.mp4")]
+  # Only the people a stage 2 run held out, say.
+  got = mc.select_clips(tmp_path, persons=["eve", "bob", "cid"])
+  assert [p.split("/")[-1] for p in got] == ["b2.mp4", "e1.mp4"]
   with pytest.raises(VasaInputError, match="No talking clip"):
     mc.select_clips(tmp_path, exclude_persons=["ann", "bob", "dora", "eve"])
+  with pytest.raises(VasaInputError, match=r"among the persons \['cid'\]"):
+    mc.select_clips(tmp_path, persons=["cid"])
   with pytest.raises(VasaInputError, match="manifest.csv not found"):
     mc.select_clips(tmp_path / "nowhere")
 
@@ -88,6 +93,15 @@ def test_calibrate_writes_the_report_and_the_pipeline_default(demo, still_clip, 
   assert saved["mouth_scale"] == result["mouth_scale"] and len(saved["rendered_spread"]) == 3
   report = (tmp_path / "report" / mc.MD_NAME).read_text()
   assert f"Mouth scale {result['mouth_scale']:g}**" in report
+  # Calibrated on one pipeline (a stage 2 that held the clips' people out), written to another.
+  other = shutil.copytree(pipeline_lib.DEFAULT_CHECKPOINT, tmp_path / "other")
+  again = mc.calibrate(ckpt, [still_clip], tmp_path / "report2", scales=(3.0,),
+                       max_seconds=1.0, write_to=other, pipe=demo)
+  assert again["written"] == str(other / "pipeline.json") and again["checkpoint"] == str(ckpt)
+  assert json.loads((other / "pipeline.json").read_text())["mouth_scale"] == 3.0
+  assert json.loads((ckpt / "pipeline.json").read_text()) == after
+  with pytest.raises(CheckpointError, match="--write-to"):
+    mc.calibrate(ckpt, [still_clip], tmp_path / "r3", write_to=tmp_path / "none", pipe=demo)
 
 
 def test_calibrate_on_a_pipeline_that_renders_no_face_fails_clearly(tiny_pipeline_dir,

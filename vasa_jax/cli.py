@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--exclude-persons", nargs="*", default=[],
                  help="persons left out (e.g. the validation people)")
 
+  p = sub.add_parser("slim-motion",
+                     help="stage-2 copy of extract-motion output, small enough to ship")
+  p.add_argument("--motion", required=True, help="directory written by extract-motion")
+  p.add_argument("--out", required=True, help="new directory for the slim motion")
+  p.add_argument("--audio-persons", nargs="*", default=[],
+                 help="persons whose raw audio is kept (the ones eval-motion measures)")
+
   p = sub.add_parser("export", help="bundle stage 1 + stage 2 runs into a pipeline checkpoint")
   p.add_argument("--latent", required=True, help="stage 1 workdir")
   p.add_argument("--motion", required=True, help="stage 2 workdir")
@@ -154,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
   clips = p.add_mutually_exclusive_group(required=True)
   clips.add_argument("--clips", nargs="+", help="real talking clips with audio (training people)")
   clips.add_argument("--data", help="data directory with manifest.csv: one clip per person")
+  p.add_argument("--persons", nargs="+",
+                 help="with --data: only these persons (e.g. people a stage 2 run held out)")
   p.add_argument("--exclude-persons", nargs="*", default=[],
                  help="with --data: persons left out (the evaluation people)")
   p.add_argument("--max-clips", type=int, default=20, help="with --data: at most this many clips")
@@ -164,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="report directory")
   p.add_argument("--write", action="store_true",
                  help="store the chosen scale as the pipeline's default in its pipeline.json")
+  p.add_argument("--write-to", metavar="PIPELINE",
+                 help="store it in this other pipeline directory instead (e.g. the run that "
+                      "trained on the calibration people)")
 
   p = sub.add_parser("bench", help="speed table: audio encoder, sampler, decoder, end to end")
   p.add_argument("--config", default="configs/demo.py:demo")
@@ -212,10 +224,13 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
       config.train.distributed = True
     loop.train(config, args.workdir, max_steps=args.max_steps)
     return 0
-  if cmd == "slim-shards":
+  if cmd in ("slim-shards", "slim-motion"):
     from vasa_jax.data import slim
-    summary = slim.slim_shards(args.shards, args.out, every=args.every, quality=args.quality,
-                               exclude_persons=args.exclude_persons)
+    if cmd == "slim-shards":
+      summary = slim.slim_shards(args.shards, args.out, every=args.every, quality=args.quality,
+                                 exclude_persons=args.exclude_persons)
+    else:
+      summary = slim.slim_motion(args.motion, args.out, audio_persons=args.audio_persons)
     print(f"Wrote {summary['clips']} clips, {summary['frames']} frames, "
           f"{summary['bytes'] / 1e6:.1f} MB to {args.out}")
     return 0
@@ -256,13 +271,15 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     return 0
   if cmd == "calibrate-mouth":
     from vasa_jax.eval import mouth_calibration as mc
-    clips = args.clips or mc.select_clips(args.data, exclude_persons=args.exclude_persons,
+    clips = args.clips or mc.select_clips(args.data, persons=args.persons,
+                                          exclude_persons=args.exclude_persons,
                                           max_clips=args.max_clips)
     result = mc.calibrate(args.checkpoint, clips, args.out,
                           scales=args.scales or mc.DEFAULT_SCALES, seed=args.seed,
-                          max_seconds=args.max_seconds, write=args.write)
+                          max_seconds=args.max_seconds, write=args.write,
+                          write_to=args.write_to)
     print(f"calibrate-mouth: mouth scale {result['mouth_scale']:g}"
-          + (" written to pipeline.json" if result["written"] else "")
+          + (f" written to {result['written']}" if result["written"] else "")
           + f"; report in {args.out}/{mc.MD_NAME}")
     return 0
   if cmd == "bench":

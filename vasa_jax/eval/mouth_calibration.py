@@ -37,7 +37,8 @@ MD_NAME = "calibration.md"
 DEFAULT_SCALES = (1.0, 1.5, 2.0, 2.5, 3.0)
 
 
-def select_clips(data_dir, *, exclude_persons: Sequence[str] = (), min_seconds: float = 6.0,
+def select_clips(data_dir, *, persons: Sequence[str] | None = None,
+                 exclude_persons: Sequence[str] = (), min_seconds: float = 6.0,
                  max_clips: int = 20) -> list[str]:
   """One talking clip with audio per person from a data directory's manifest.csv.
 
@@ -48,6 +49,7 @@ def select_clips(data_dir, *, exclude_persons: Sequence[str] = (), min_seconds: 
   Args:
     data_dir: a directory laid out as ../shared/data (manifest.csv with `path`, `kind` (A =
       talking clip with audio), `person`, `dur_s`).
+    persons: only these persons (None: everyone), e.g. people a stage 2 run held out.
     exclude_persons: persons left out (the evaluation people).
     min_seconds: shortest clip kept.
     max_clips: at most this many clips.
@@ -67,6 +69,7 @@ def select_clips(data_dir, *, exclude_persons: Sequence[str] = (), min_seconds: 
       # file) leave the mp4 silent.
       audio = row.get("audio", "Hz")
       if (row.get("kind") != "A" or person in excluded or person in seen
+          or (persons is not None and person not in persons)
           or float(row.get("dur_s") or 0) < min_seconds or not audio.endswith("Hz")):
         continue
       seen.add(person)
@@ -74,8 +77,9 @@ def select_clips(data_dir, *, exclude_persons: Sequence[str] = (), min_seconds: 
       if len(out) >= max_clips:
         break
   if not out:
-    raise VasaInputError(f"No talking clip of at least {min_seconds:g} s with audio in {manifest} "
-                         f"outside the excluded persons {sorted(excluded)}.")
+    among = "" if persons is None else f" among the persons {sorted(persons)}"
+    raise VasaInputError(f"No talking clip of at least {min_seconds:g} s with audio in {manifest}"
+                         f"{among} outside the excluded persons {sorted(excluded)}.")
   return out
 
 
@@ -145,7 +149,7 @@ def measure_clip(pipe, path: str, scales: Sequence[float], *, seed: int = 0,
 
 def calibrate(checkpoint, clips: Sequence[str], out_dir, *,
               scales: Sequence[float] = DEFAULT_SCALES, seed: int = 0,
-              max_seconds: float = 10.0, write: bool = False, pipe=None,
+              max_seconds: float = 10.0, write: bool = False, write_to=None, pipe=None,
               analyzer=None) -> dict:
   """Measures every clip, picks the scale, writes the report (and the pipeline's default).
 
@@ -157,6 +161,8 @@ def calibrate(checkpoint, clips: Sequence[str], out_dir, *,
     seed: sampling seed.
     max_seconds: use only the first seconds of each clip.
     write: store the chosen scale as the pipeline's default `mouth_scale` in pipeline.json.
+    write_to: store it in this other pipeline directory instead (implies `write`): calibrate a
+      stage 2 run that held the clips' people out, write the scale into the one that did not.
     pipe, analyzer: a loaded `Pipeline` and `FaceAnalyzer` to reuse (tests).
 
   Returns:
@@ -178,11 +184,13 @@ def calibrate(checkpoint, clips: Sequence[str], out_dir, *,
   for c in clips:
     if not os.path.isfile(c):
       raise VasaInputError(f"Clip {c} not found.")
-  meta_path = pathlib.Path(checkpoint if checkpoint is not None
-                           else pipeline_lib.DEFAULT_CHECKPOINT) / pipeline_lib.PIPELINE_FILE
+  checkpoint_dir = pathlib.Path(checkpoint if checkpoint is not None
+                                else pipeline_lib.DEFAULT_CHECKPOINT)
+  write = write or write_to is not None
+  meta_path = pathlib.Path(write_to or checkpoint_dir) / pipeline_lib.PIPELINE_FILE
   if write and not meta_path.is_file():
-    raise CheckpointError(f"{meta_path} not found: --write needs a pipeline directory written by "
-                          "`vasa-jax export`.")
+    raise CheckpointError(f"{meta_path} not found: --write and --write-to need a pipeline "
+                          "directory written by `vasa-jax export`.")
   pipe = pipe or pipeline_lib.load_pipeline(checkpoint)
   analyzer = analyzer or face_crop.FaceAnalyzer()
   rows, skipped = [], []
@@ -208,7 +216,7 @@ def calibrate(checkpoint, clips: Sequence[str], out_dir, *,
   curve = [float(np.mean([r["rendered"][f"{s:g}"]["spread"] for r in rows])) for s in scales]
   sync = [float(np.mean([r["rendered"][f"{s:g}"]["sync"] for r in rows])) for s in scales]
   chosen, scores = choose_scale(scales, curve, sync, target)
-  result = {"version": 1, "checkpoint": str(meta_path.parent), "seed": seed,
+  result = {"version": 1, "checkpoint": str(checkpoint_dir), "seed": seed,
             "max_seconds": max_seconds, "scales": scales, "real_spread": target,
             "real_sync": float(np.mean([r["real"]["sync"] for r in rows])),
             "rendered_spread": curve, "rendered_sync": sync, "score": scores,
@@ -217,7 +225,7 @@ def calibrate(checkpoint, clips: Sequence[str], out_dir, *,
     meta = json.loads(meta_path.read_text())
     meta["mouth_scale"] = pipeline_lib.check_mouth_scale(result["mouth_scale"])
     records.atomic_write_text(meta_path, json.dumps(meta, indent=1))
-    result["written"] = True
+    result["written"] = str(meta_path)
   os.makedirs(out_dir, exist_ok=True)
   records.atomic_write_text(os.path.join(out_dir, JSON_NAME),
                             json.dumps(report.to_jsonable(result), indent=1))
@@ -232,7 +240,7 @@ def render_markdown(result: dict) -> str:
            f"{result['max_seconds']:g} s each, seed {result['seed']}. Real mouths: spread "
            f"{result['real_spread']:.4f}, sync {result['real_sync']:.3f}.", "",
            f"**Mouth scale {result['mouth_scale']:g}**: the largest sync x spread (spread capped "
-           "at the real one)" + (", written to pipeline.json." if result["written"] else "."), "",
+           "at the real one)" + (f", written to {result['written']}." if result["written"] else "."), "",
            "| mouth scale | rendered spread | / real | rendered sync | sync x spread |",
            "|---|---|---|---|---|"]
   for s, y, c, v in zip(result["scales"], result["rendered_spread"], result["rendered_sync"],
