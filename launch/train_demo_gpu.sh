@@ -22,6 +22,7 @@ fi
 data=$1; work=$2; out=${3:-vasa_jax/assets/demo}
 vasa=${VASA_JAX:-vasa-jax}
 stage=${STAGE:-all}
+val=(bob_menendez aoc bill_skarsgard)  # configs/common.DEMO_VAL_PERSONS
 mkdir -p "$work"
 if [ "$stage" != 2 ]; then
   [ -f "$work/data128/index.json" ] || $vasa preprocess --input "$data/clips" "$data/silent" \
@@ -29,7 +30,7 @@ if [ "$stage" != 2 ]; then
   # Every 3rd frame at JPEG quality 80, training people only: what stage 1 reads, in 43 MB.
   [ -f "$work/slim/index.json" ] || $vasa slim-shards --shards "$work/data128" \
       --out "$work/slim" --every 3 --quality 80 \
-      --exclude-persons bob_menendez aoc bill_skarsgard  # configs/common.DEMO_VAL_PERSONS
+      --exclude-persons "${val[@]}"
   latent=(--config configs/latent.py:demo --workdir "$work/latent"
           --config.data.shards="$work/slim" --config.data.val_persons=[]
           --config.model.app_size=32 --config.train.batch_size=32 --config.optim.lr=3e-4
@@ -56,8 +57,8 @@ if [ "$stage" != 1 ]; then
   # guidance 0.5 (the paper's) gave the previous stage 2's mouth entry the best sync with their
   # speech (0.34 vs 0.27 at 1.5 and 0.24 at 3, 10 steps; 25 steps 0.35, 50 steps 0.38).
   dev=(cremad_1001 german_news_anchor latentsync_model1 lrs2_deepavsr_00016 lrs3_laalm_s4
-       mead_W040 style_trump_clip1 vox_00473)
-  held=$(printf '"%s",' bob_menendez aoc bill_skarsgard "${dev[@]}")
+       mead_W040 style_trump_clip1 vox_00473)  # configs/common.DEMO_DEV_PERSONS
+  held=$(printf '"%s",' "${val[@]}" "${dev[@]}")
   $vasa train --config configs/motion.py:demo --workdir "$work/motion_dev" \
       --config.data.motion="$work/motion_data" --config.data.val_persons="[${held%,}]"
   $vasa export --latent "$work/latent" --motion "$work/motion" --out "$out" --steps 25 \

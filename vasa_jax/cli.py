@@ -156,10 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
 
   p = sub.add_parser("calibrate-mouth", help="pick a pipeline's mouth scale (the most mouth "
-                     "motion that follows the speech) on clips of the people it trained on")
+                     "motion that follows the speech) on real clips, not of evaluation people")
   p.add_argument("--checkpoint", help="pipeline directory (default: the bundled demo)")
   clips = p.add_mutually_exclusive_group(required=True)
-  clips.add_argument("--clips", nargs="+", help="real talking clips with audio (training people)")
+  clips.add_argument("--clips", nargs="+", help="real talking clips with audio (not of the "
+                     "evaluation people)")
   clips.add_argument("--data", help="data directory with manifest.csv: one clip per person")
   p.add_argument("--persons", nargs="+",
                  help="with --data: only these persons (e.g. people a stage 2 run held out)")

@@ -95,23 +95,23 @@ def slim_motion(src: str | os.PathLike, out: str | os.PathLike, *,
     raise VasaInputError(f"--audio-persons {sorted(unknown)} are not in {src}/index.json.")
   extra = dict(clips.index.extra, slim={"motion": True, "audio_persons": sorted(keep),
                                         "source": str(clips.index.root)})
-  out = pathlib.Path(out)
-  if not (out / records.INDEX_NAME).exists():  # else _write_slim refuses the directory
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(stats, out / "motion_stats.json")  # before the index that makes it usable
   return _write_slim(clips, out, extra,
                      lambda rec: slim_motion_record(rec, rec.get("person") in keep), "motion",
-                     clips_per_shard, progress)
+                     clips_per_shard, progress, copy_files=(stats,))
 
 
 def _write_slim(clips: pipelines.ClipSource, out, extra: dict, make, prefix: str,
-                clips_per_shard: int, progress: bool) -> dict:
-  """Writes `make(record)` of every clip into `clips_per_shard`-clip shards of a new `out`."""
+                clips_per_shard: int, progress: bool, copy_files: Sequence[pathlib.Path] = ()
+                ) -> dict:
+  """Writes `make(record)` of every clip into `clips_per_shard`-clip shards of a new `out`,
+  with `copy_files` copied in beside them (all before the index that makes `out` usable)."""
   index = clips.index
   out = pathlib.Path(out)
   if (out / records.INDEX_NAME).exists():
     raise VasaInputError(f"{out} already holds an index.json; pass a new --out directory.")
   (out / records.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+  for path in copy_files:
+    shutil.copyfile(path, out / path.name)
   slim = records.ClipIndex(root=out.resolve(), resolution=index.resolution, fps=index.fps,
                            extra=extra)
   for start in tqdm(range(0, len(clips), clips_per_shard), desc=f"slim {prefix}", unit="shard",

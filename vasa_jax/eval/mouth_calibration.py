@@ -1,4 +1,5 @@
-"""`vasa-jax calibrate-mouth`: picks a pipeline's mouth scale on real clips of TRAINING people.
+"""`vasa-jax calibrate-mouth`: picks a pipeline's mouth scale on real clips, never of the
+evaluation people.
 
 A briefly trained stage 2 regresses toward the mean: its mouth entry moves less than real mouths
 (on the demo's training people, 0.43x the real detrended spread by `vasa-jax eval-motion`), and
@@ -13,11 +14,12 @@ rendered mouth follow the speech most:
   spread capped at the real clips' (a larger scale adds motion until the decoder runs out of
   range and the sync drops).
 
-Use clips of the people stage 1 and 2 trained on, never the people you evaluate on: choosing the
-scale on evaluation people would tune on them. The pick is a starting point: on the bundled demo
-it is 2.5, which on unseen people lowered the sync and barely raised the spread (README), so the
-bundle keeps 1.5. Writes calibration.json and calibration.md, and
-with `write=True` stores the scale in the pipeline's pipeline.json.
+Never use the people you evaluate on: that would tune on them. Best are people stage 1 trained on
+and stage 2 did not (`select_clips(persons=...)`: the dev people a second stage 2 run held out),
+since on its own training people stage 2 keeps its sync at larger scales than it will on anyone
+else (the bundled demo: 2.5 there, 2 on the dev people; README). Writes calibration.json and
+calibration.md; with `write=True` stores the scale in the pipeline's pipeline.json, with
+`write_to` in another pipeline's (the stage 2 run trained on everybody).
 """
 from __future__ import annotations
 
@@ -155,7 +157,7 @@ def calibrate(checkpoint, clips: Sequence[str], out_dir, *,
 
   Args:
     checkpoint: a pipeline directory (`vasa-jax export`); None = the bundled demo.
-    clips: real talking clips with audio, of the people the pipeline trained on.
+    clips: real talking clips with audio, of people the pipeline's stage 1 trained on.
     out_dir: report directory (calibration.json, calibration.md).
     scales: increasing candidate mouth scales.
     seed: sampling seed.
