@@ -18,18 +18,26 @@ def default_portrait() -> np.ndarray:
 
 
 def resolve_inputs(args):
-  """(image, image_name, audio, audio_name) with the bundled defaults filled in."""
-  from vasa_jax.errors import VasaInputError  # pylint: disable=import-outside-toplevel
+  """(image, image_name, audio) with the bundled defaults filled in, after every check that
+  needs no model: the controls, the input files and the output path (`args.out` becomes the
+  file actually written, a symlink's target), so bad input fails before any slow work."""
+  # pylint: disable=import-outside-toplevel
+  from vasa_jax.data import media
+  from vasa_jax.errors import VasaInputError
+  from vasa_jax.inference.controls import check_controls
 
+  check_controls(gaze=args.gaze, distance=args.distance, emotion=args.emotion,
+                 cfg_audio=args.cfg_audio, cfg_gaze=args.cfg_gaze, steps=args.steps,
+                 mouth_scale=args.mouth_scale, seed=args.seed, render_batch=args.render_batch,
+                 chunk_ms=getattr(args, "chunk_ms", None))
   image, image_name = (args.image, args.image) if args.image else (
       default_portrait(), "skimage.data.astronaut()")
   audio = args.audio or str(BUNDLED_SPEECH)
   for path, what in ((args.image, "--image"), (args.audio, "--audio")):
     if path and not os.path.isfile(path):
       raise VasaInputError(f"{what} {path}: file not found.")
-  out_dir = os.path.dirname(os.path.abspath(args.out))
-  if not os.path.isdir(out_dir):
-    raise VasaInputError(f"--out {args.out}: directory {out_dir} does not exist.")
+  args.out = media.check_output_path(args.out, inputs=[p for p in (args.image, args.audio) if p],
+                                     what="--out")
   return image, image_name, audio
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from configs.common import SAMPLE_RATE, SAMPLES_PER_FRAME
 from vasa_jax.errors import CheckpointError, VasaInputError
+from vasa_jax.inference.controls import check_controls
 
 PIPELINE_FILE = "pipeline.json"
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parent.parent / "assets" / "demo"
@@ -320,6 +321,8 @@ class Pipeline:
     from vasa_jax.data import audio_features, media
 
     t0 = time.perf_counter()
+    check_controls(gaze=gaze, distance=distance, emotion=emotion, cfg_audio=cfg_audio,
+                   cfg_gaze=cfg_gaze, steps=steps, mouth_scale=mouth_scale, seed=seed)
     mouth_scale = self._mouth_scale(mouth_scale)  # checked before any slow work
     wav = media.read_audio(audio, sr=16000, orig_sr=sample_rate or 16000)
     portrait = image if isinstance(image, Portrait) else self.prepare_portrait(image)
@@ -391,6 +394,8 @@ class Pipeline:
     """
     from vasa_jax.inference.streaming import MotionStream  # pylint: disable=import-outside-toplevel
 
+    check_controls(gaze=gaze, distance=distance, emotion=emotion, cfg_audio=cfg_audio,
+                   cfg_gaze=cfg_gaze, steps=steps, mouth_scale=mouth_scale, seed=seed)
     mouth_scale = self._mouth_scale(mouth_scale)
     portrait = image if isinstance(image, Portrait) else self.prepare_portrait(image)
     da = int(self.motion_config.model.audio_width)
@@ -461,13 +466,42 @@ def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
     hint = ("the bundled demo checkpoint is missing from this install; reinstall vasa-jax"
             if path is None else "pass a directory written by `vasa-jax export`")
     raise CheckpointError(f"No pipeline checkpoint at {p} ({PIPELINE_FILE} not found): {hint}.")
-  meta = json.loads(meta_path.read_text())
+  meta = _read_pipeline_meta(meta_path)
   latent_config, latent_params = checkpoint.load_exported(p / "latent")
   motion_config, motion_params = checkpoint.load_exported(p / "motion")
   for k in ("steps", "cfg_audio", "cfg_gaze", "mouth_scale"):  # older directories lack some
     kwargs.setdefault(k, meta.get(k))
-  return Pipeline(latent_config, latent_params, motion_config, motion_params,
-                  meta["motion_stats"], **kwargs)
+  try:
+    return Pipeline(latent_config, latent_params, motion_config, motion_params,
+                    meta["motion_stats"], **kwargs)
+  except (KeyError, TypeError, AttributeError) as e:  # a config.json missing fields
+    raise CheckpointError(f"{p} does not fit this version of vasa-jax: its config.json lacks or "
+                          f"mistypes {e}. Re-export the checkpoint.") from None
+
+
+def _read_pipeline_meta(meta_path: pathlib.Path) -> dict:
+  """pipeline.json, checked: valid JSON, motion statistics of equal length, sane defaults."""
+  fix = "Re-export the checkpoint (vasa-jax export) or restore the file."
+  try:
+    meta = json.loads(meta_path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{meta_path} is not valid JSON ({e}). {fix}") from None
+  stats = meta.get("motion_stats") if isinstance(meta, dict) else None
+  try:
+    ok = (len(stats["mean"]) == len(stats["std"]) > 0
+          and np.all(np.isfinite(np.asarray(stats["mean"] + stats["std"], np.float64)))
+          and min(stats["std"]) > 0)
+  except (TypeError, KeyError, ValueError):
+    ok = False
+  if not ok:
+    raise CheckpointError(f"{meta_path} lacks valid motion_stats (mean and std lists of equal "
+                          f"length, std > 0). {fix}")
+  try:
+    check_controls(steps=meta.get("steps"), cfg_audio=meta.get("cfg_audio"),
+                   cfg_gaze=meta.get("cfg_gaze"), mouth_scale=meta.get("mouth_scale"))
+  except VasaInputError as e:
+    raise CheckpointError(f"{meta_path}: stored default {e} {fix}") from None
+  return meta
 
 
 def init_random_params(latent_config, motion_config, seed: int = 0):

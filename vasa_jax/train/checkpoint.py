@@ -8,6 +8,7 @@ Layout: `workdir/checkpoints/<step>/{state,data_iter,config}` written by one
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,8 @@ from vasa_jax.errors import CheckpointError
 CHECKPOINT_SUBDIR = "checkpoints"
 EXPORT_MARKER = "export.json"
 EXPORT_PARAMS = "params.msgpack"
+# `sha256sum` format ("<hex>  params.msgpack"), so `sha256sum -c params.sha256` checks it too.
+EXPORT_CHECKSUM = "params.sha256"
 EXPORT_VERSION = 1
 
 
@@ -242,7 +245,9 @@ def export_params(params, config, out_dir: str | os.PathLike, dtype: str = "bflo
   cast = jax.tree.map(
       lambda x: x.astype(store) if jnp.issubdtype(x.dtype, jnp.floating) else x, host)
   state_dict = serialization.to_state_dict(cast)
-  _atomic_write(out / EXPORT_PARAMS, serialization.msgpack_serialize(state_dict))
+  data = serialization.msgpack_serialize(state_dict)
+  _atomic_write(out / EXPORT_PARAMS, data)
+  _atomic_write(out / EXPORT_CHECKSUM, checksum_line(data, EXPORT_PARAMS).encode())
   config_utils.save_config(config, out / "config.json")
   meta = {
       "format": "vasa-jax-params", "version": EXPORT_VERSION, "dtype": str(store),
@@ -253,14 +258,56 @@ def export_params(params, config, out_dir: str | os.PathLike, dtype: str = "bflo
   return out
 
 
+def checksum_line(data: bytes, name: str) -> str:
+  """A `sha256sum` line for `data` stored as file `name`."""
+  return f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+
+
+def verify_checksum(out: pathlib.Path, data: bytes) -> None:
+  """Checks `params.msgpack`'s bytes against `params.sha256` written at export.
+
+  Directories exported before checksums existed load with a warning (nothing to compare).
+  """
+  sums = out / EXPORT_CHECKSUM
+  if not sums.is_file():
+    logging.warning("%s has no %s: its weights cannot be verified. Re-export it to add one.",
+                    out, EXPORT_CHECKSUM)
+    return
+  want = sums.read_text(errors="replace").split()[:1]
+  got = hashlib.sha256(data).hexdigest()
+  if want != [got]:
+    raise CheckpointError(
+        f"{out / EXPORT_PARAMS} is damaged: its sha256 {got[:12]}... does not match the "
+        f"{want[0][:12] if want else 'empty'}... recorded in {sums} at export. Re-download or "
+        "re-export the checkpoint.")
+
+
 def load_exported(out_dir: str | os.PathLike):
-  """Reads an `export_params` directory back: (config, float32 params on the first device)."""
+  """Reads an `export_params` directory back: (config, float32 params on the first device).
+
+  Raises:
+    CheckpointError: a file is missing, `params.msgpack` does not match its checksum or does
+      not parse, or `config.json` is not valid JSON.
+  """
   out = pathlib.Path(out_dir)
   for name in (EXPORT_MARKER, EXPORT_PARAMS, "config.json"):
     if not (out / name).is_file():
       raise _missing(out, f"Exported checkpoint file {name} not found")
-  config = config_utils.config_from_json((out / "config.json").read_text())
-  raw = serialization.msgpack_restore((out / EXPORT_PARAMS).read_bytes())
+  try:
+    config = config_utils.config_from_json((out / "config.json").read_text())
+  except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{out / 'config.json'} is not a valid config ({e}). Re-export the "
+                          "checkpoint.") from None
+  data = (out / EXPORT_PARAMS).read_bytes()
+  verify_checksum(out, data)
+  try:
+    raw = serialization.msgpack_restore(data)
+  except Exception as e:  # pylint: disable=broad-except  # msgpack raises several kinds
+    raise CheckpointError(f"{out / EXPORT_PARAMS} is truncated or corrupt ({type(e).__name__}). "
+                          "Re-download or re-export the checkpoint.") from None
+  if not isinstance(raw, dict) or not raw:
+    raise CheckpointError(f"{out / EXPORT_PARAMS} holds no parameter tree. Re-download or "
+                          "re-export the checkpoint.")
   device = jax.local_devices()[0]
   def to_device(x):
     x = np.asarray(x)
