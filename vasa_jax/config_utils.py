@@ -14,6 +14,8 @@ from typing import Iterable
 
 import ml_collections
 
+from vasa_jax.errors import VasaInputError
+
 _CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -31,7 +33,7 @@ def parse_arg(arg: str | None, **defaults):
       continue
     if "=" in part:
       key, value = part.split("=", 1)
-      out[key] = _cast(value, out.get(key))
+      out[key] = _cast(value, out.get(key), f"config argument {key}")
     elif "variant" in out and not variant_seen and part not in out:
       out.variant, variant_seen = part, True
     else:
@@ -39,23 +41,47 @@ def parse_arg(arg: str | None, **defaults):
   return out
 
 
-def _cast(value: str, like):
+def _cast(value: str, like, name: str = "value"):
+  """`value` as the type of the default `like`; a one-line `VasaInputError` when it is not."""
+  def bad(kind):
+    return VasaInputError(f"{name}={value}: expected {kind} (the default is {like!r}).")
+
   if isinstance(like, bool):
     if value.lower() in ("1", "true", "yes", "on"):
       return True
     if value.lower() in ("0", "false", "no", "off"):
       return False
-    raise ValueError(f"Expected a boolean, got {value!r}")
-  if isinstance(like, int) and not isinstance(like, bool):
-    return int(value)
+    raise bad("a boolean (true/false)")
+  if isinstance(like, int):
+    try:
+      return int(value)
+    except ValueError:
+      raise bad("an integer") from None
   if isinstance(like, float):
-    return float(value)
+    try:
+      return float(value)
+    except ValueError:
+      raise bad("a number") from None
   if isinstance(like, str):
     return value
   try:
-    return ast.literal_eval(value)
+    parsed = ast.literal_eval(value)
   except (ValueError, SyntaxError):
-    return value
+    parsed = value
+  if isinstance(like, (list, tuple)):
+    if isinstance(parsed, str):  # bare words: `a,b` or `[a,b]` is the list ["a", "b"]
+      parsed = [_literal(v.strip()) for v in parsed.strip("[]()").split(",") if v.strip()]
+    if not isinstance(parsed, (list, tuple)):
+      raise bad("a list such as a,b or [1,2]")
+    return type(like)(parsed)
+  return parsed
+
+
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
 def resolve_config_path(spec: str) -> tuple[pathlib.Path, str | None]:
@@ -68,8 +94,8 @@ def resolve_config_path(spec: str) -> tuple[pathlib.Path, str | None]:
   for c in candidates:
     if c.is_file():
       return c, (arg or None)
-  raise FileNotFoundError(
-      f"Config file {path!r} not found (looked in {[str(c) for c in candidates]}). "
+  raise VasaInputError(
+      f"--config {spec}: file {path!r} not found (looked in {[str(c) for c in candidates]}). "
       f"Pass e.g. --config configs/latent.py:tiny")
 
 
@@ -86,20 +112,32 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]):
+  """Applies `--config.a.b=value` items; each value takes the type of the field's default.
+
+  Raises:
+    VasaInputError: one line naming the override: an unknown key or a value of the wrong type.
+  """
   for item in overrides:
     item = item[len("--config."):] if item.startswith("--config.") else item
     if "=" not in item:
-      raise ValueError(f"Override {item!r} must look like --config.a.b=value")
+      raise VasaInputError(f"Override {item!r} must look like --config.a.b=value")
     key, value = item.split("=", 1)
     node = config
     *parents, leaf = key.split(".")
     for name in parents:
-      if name not in node:
-        raise KeyError(f"Unknown config key {key!r}: no field {name!r}")
+      if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        raise VasaInputError(f"--config.{key}: unknown config key (no field {name!r}).")
       node = node[name]
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise VasaInputError(f"--config.{key}: unknown config key ({'.'.join(parents)} is a "
+                           "value, not a group).")
     if leaf not in node:
-      raise KeyError(f"Unknown config key {key!r}. Known keys here: {sorted(node.keys())}")
-    node[leaf] = _cast(value, node[leaf])
+      raise VasaInputError(f"--config.{key}: unknown config key. Known keys here: "
+                           f"{sorted(node.keys())}")
+    try:
+      node[leaf] = _cast(value, node[leaf], f"--config.{key}")
+    except TypeError as e:  # ConfigDict refuses a value of another type than the field's
+      raise VasaInputError(f"--config.{key}={value}: {e}") from None
   return config
 
 

@@ -113,6 +113,55 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return step, restored["state"]
 
+  def restore_newest_good(self, abstract_state, data_iter=None):
+    """Restores the newest checkpoint that can be read, skipping damaged newer ones.
+
+    A newer checkpoint that fails to restore (a file deleted or truncated by a crash or a full
+    disk) is moved to `<workdir>/checkpoints_damaged/<step>` with a warning, once an older one
+    has restored, so the resumed run writes that step again. When none restores (e.g. the model
+    config changed since), nothing is moved and the error names the newest one's problem.
+
+    Returns:
+      (step, state).
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      raise CheckpointError(f"No checkpoint to restore in {self.directory}")
+    damaged = []
+    for step in steps:
+      try:
+        restored = self.restore(abstract_state, data_iter, step=step)
+      except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        logging.warning("Checkpoint %s cannot be restored (%s: %s); trying an older one.",
+                        self.directory / str(step), type(e).__name__, first_line)
+        damaged.append((step, f"{type(e).__name__}: {first_line}"))
+        continue
+      for bad, _ in damaged:
+        self._set_aside(bad)
+      if damaged:
+        logging.warning("Resuming from step %d: the newer checkpoint(s) %s were damaged and are "
+                        "kept in %s for inspection.", step, [b for b, _ in damaged],
+                        self._damaged_dir())
+        self._manager.reload()
+      return restored
+    raise CheckpointError(
+        f"No checkpoint in {self.directory} can be restored (newest, step {steps[0]}: "
+        f"{damaged[0][1]}). If the config changed since, train in a new --workdir; otherwise "
+        "delete the damaged checkpoints/<step> directories.")
+
+  def _damaged_dir(self) -> epath.Path:
+    return self.directory.parent / (self.directory.name + "_damaged")
+
+  def _set_aside(self, step: int) -> None:
+    if jax.process_index() != 0:
+      return
+    dst = self._damaged_dir() / str(step)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+      dst.rmtree()
+    (self.directory / str(step)).rename(dst)
+
   def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
     step = self.latest_step() if step is None else step
     restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))

@@ -283,6 +283,24 @@ def _append_jsonl(path: epath.Path, record: dict):
     path.write_text(old + line)
 
 
+def _truncate_jsonl(path: epath.Path, last_step: int):
+  """Drops the rows logged after `last_step` (and a half-written last line), so a resumed run
+  appends its own rows for those steps without duplicates."""
+  if not path.exists():
+    return
+  keep = []
+  for line in path.read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(row, dict) and int(row.get("step", 0)) <= last_step:
+      keep.append(line + "\n")
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text("".join(keep))
+  tmp.replace(path)
+
+
 def _to_host(metrics) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
@@ -359,8 +377,10 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
   try:
     start = checkpointer.latest_step()
     if start is not None:
-      start, state = checkpointer.restore(abstract, data_iter)
-      log.info("Resumed from step %d in %s", start, checkpointer.directory)
+      start, state = checkpointer.restore_newest_good(abstract, data_iter)
+      if is_main:
+        print(f"Resumed from step {start} of {checkpointer.directory}", flush=True)
+        _truncate_jsonl(workdir / METRICS_FILE, start)
     else:
       start = 0
       state = create_sharded_state(task, batch_spec, mesh, rules, init_rng, shardings)
