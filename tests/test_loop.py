@@ -265,3 +265,41 @@ def test_warm_start_keeps_fresh_parameters_the_source_lacks(monkeypatch):
                       lambda path, ema=True: (None, {"gen": {"gone": np.zeros(1)}}))
   with pytest.raises(VasaInputError, match="1 parameters it lacks"):
     loop.warm_start(state, "other_model")
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(full_run, stopped_run,
+                                                                   tmp_path, capsys):
+  """Issue 22: one file of the newest checkpoint's state deleted (a crash mid-copy, a full
+  disk): the restart resumes from the previous checkpoint, says so, and ends as the
+  uninterrupted run does, with one metrics row per step."""
+  ref_dir, ref_result, ref_probe = full_run
+  workdir = _copy_run(stopped_run[0], tmp_path / "run")
+  state_files = sorted(p for p in (workdir / "checkpoints" / "6" / "state").rglob("*")
+                       if p.is_file() and p.stat().st_size > 0)
+  max(state_files, key=lambda p: p.stat().st_size).unlink()  # the array data
+  capsys.readouterr()
+  result, probe = _run(_config(), workdir)
+  out = capsys.readouterr().out
+  assert "Resumed from step 5 of" in out
+  assert result["step"] == 10 and len(probe.batches) == 5  # steps 6..10 again
+  for a, b in zip(probe.batches, ref_probe.batches[5:]):
+    np.testing.assert_array_equal(a, b)
+  ref_log = [json.loads(l) for l in (ref_dir / "metrics.jsonl").read_text().splitlines()]
+  log = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in log] == list(range(1, 11))  # no duplicate rows for step 6
+  np.testing.assert_allclose([r["loss"] for r in log], [r["loss"] for r in ref_log], rtol=1e-6)
+  _assert_trees_close(_params(workdir), _params(ref_dir), rtol=1e-6, atol=1e-7)
+  assert (workdir / "checkpoints_damaged" / "6").is_dir()  # kept for inspection
+  assert ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True).all_steps() == [5, 10]
+
+
+def test_no_restorable_checkpoint_is_one_clear_error(stopped_run, tmp_path):
+  workdir = _copy_run(stopped_run[0], tmp_path / "run")
+  for step in (5, 6):
+    for p in (workdir / "checkpoints" / str(step) / "state").rglob("*"):
+      if p.is_file():
+        p.write_bytes(b"")
+  with pytest.raises(ckpt_lib.CheckpointError, match="No checkpoint in .* can be restored"):
+    _run(_config(), workdir)
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == \
+      ["5", "6"]  # nothing moved when nothing restores
