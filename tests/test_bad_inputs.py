@@ -140,11 +140,19 @@ def test_bad_input_is_one_line_exit_2(name, argv, out, damage, phrase, inputs, t
   assert not (d / "run").exists()  # a training run that fails its config does no work
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_output_folder_fails_before_work(inputs, tmp_path, capsys):
+def test_read_only_output_folder_fails_before_work(inputs, tmp_path, capsys, monkeypatch):
   ro = tmp_path / "ro"
   ro.mkdir()
   ro.chmod(0o555)
+  if os.geteuid() == 0:  # root writes into read-only folders: make the folder refuse as a mount
+    from vasa_jax.data import media  # pylint: disable=import-outside-toplevel
+    real_mkstemp = media.tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kw):  # pylint: disable=redefined-builtin
+      if dir is not None and os.path.samefile(dir, ro):
+        raise PermissionError(13, "Permission denied")
+      return real_mkstemp(*args, dir=dir, **kw)
+    monkeypatch.setattr(media.tempfile, "mkstemp", mkstemp)
   try:
     rc = cli.main(["generate", "--audio", str(inputs / "speech.wav"), "--out", str(ro / "o.mp4"),
                    "--checkpoint", str(tmp_path / "never-loaded")])

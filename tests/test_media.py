@@ -369,3 +369,88 @@ def test_decode_time_10s_real_clip(shared_data):
     elapsed = time.perf_counter() - start
     print(f"decode {path.name} {video.frames.shape} max_side={max_side}: {elapsed:.2f} s")
     assert abs(video.num_frames - 250) <= 3 and elapsed < 60
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 22: inputs that used to give a wrong result.
+
+
+def test_anti_phase_stereo_keeps_the_speech(tmp_path):
+  t = np.arange(16000) / 16000
+  x = (0.4 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+  soundfile.write(tmp_path / "anti.wav", np.stack([x, -x], -1), 16000)
+  mono = media.read_audio(tmp_path / "anti.wav")
+  assert np.sqrt(np.mean(mono ** 2)) == pytest.approx(0.4 / np.sqrt(2), rel=1e-3)
+  # Ordinary stereo (the same speech on both channels, or two independent ones) is averaged.
+  y = np.random.default_rng(0).normal(0, 0.1, x.shape).astype(np.float32)
+  np.testing.assert_allclose(media.to_mono(np.stack([x, x], -1)), x)
+  np.testing.assert_allclose(media.to_mono(np.stack([x, y], -1)), (x + y) / 2, atol=1e-7)
+  # One silent channel is averaged too (it keeps half the energy, above the 1/4 rule).
+  np.testing.assert_allclose(media.to_mono(np.stack([x, 0 * x], -1)), x / 2, atol=1e-7)
+
+
+def test_loud_float_wav_is_peak_normalised_not_clipped(tmp_path, caplog):
+  t = np.arange(16000) / 16000
+  x = np.sin(2 * np.pi * 220 * t).astype(np.float32)
+  soundfile.write(tmp_path / "loud.wav", 1000 * x, 16000, subtype="FLOAT")
+  with caplog.at_level("WARNING"):
+    out = media.read_audio(tmp_path / "loud.wav")
+  assert "peak-normalised" in caplog.text
+  np.testing.assert_allclose(out, x / np.abs(x).max(), atol=1e-5)  # the shape, not a square
+
+
+def test_protocol_like_file_names_are_plain_files(tmp_path):
+  """`concat:a|b` names a file, never ffmpeg's concat protocol (nor http:, pipe:)."""
+  t = np.arange(8000) / 16000
+  soundfile.write(tmp_path / "a.wav", 0.3 * np.sin(2 * np.pi * 200 * t), 16000)
+  weird = tmp_path / "concat:a.wav|a.wav"
+  (tmp_path / "a.wav").rename(weird)
+  assert media.probe(weird).duration == pytest.approx(0.5, abs=0.01)
+  video = tmp_path / "pipe:1.mp4"
+  media.write_video(video, np.zeros((3, 16, 16, 3), np.uint8), fps=25)
+  assert media.read_video(video, with_audio=False).num_frames == 3
+  with pytest.raises(VasaInputError, match="not found"):
+    media.read_audio(f"concat:{tmp_path}/x.wav|{tmp_path}/y.wav")
+  os.mkfifo(tmp_path / "fifo.wav")
+  with pytest.raises(VasaInputError, match="not a regular file"):
+    media.read_audio(tmp_path / "fifo.wav")
+
+
+def test_huge_images_are_downscaled_or_refused(tmp_path, monkeypatch, caplog):
+  monkeypatch.setattr(media, "MAX_IMAGE_PIXELS", 40_000)  # a 200x200 limit for speed
+  monkeypatch.setattr(media, "MAX_DECODE_PIXELS", 160_000)
+  img = np.random.default_rng(0).integers(0, 255, (400, 600, 3), np.uint8)
+  Image.fromarray(img).save(tmp_path / "big.jpg", quality=90)
+  Image.fromarray(img).save(tmp_path / "big.png")
+  Image.fromarray(img[:300, :400]).save(tmp_path / "mid.png")
+  with caplog.at_level("WARNING"):
+    jpg = media.read_image(tmp_path / "big.jpg")  # DCT-scaled while decoding (draft mode)
+    mid = media.read_image(tmp_path / "mid.png")  # decoded, then reduced
+  assert jpg.shape[0] * jpg.shape[1] <= 40_000 and jpg.shape[:2] == (163, 244)
+  assert mid.shape[0] * mid.shape[1] <= 40_000 and mid.shape[:2] == (173, 230)
+  assert caplog.text.count("MP limit") == 3  # JPEG draft, its last step, the PNG's reduction
+  with pytest.raises(VasaInputError, match="MP limit .* Downscale it or save it as JPEG"):
+    media.read_image(tmp_path / "big.png")
+  monkeypatch.undo()
+  np.testing.assert_array_equal(media.read_image(tmp_path / "big.png"), img)  # under 50 MP
+
+
+def test_output_path_checks_links_and_stale_temps(tmp_path):
+  target = tmp_path / "real" / "video.mp4"
+  target.parent.mkdir()
+  link = tmp_path / "link.mp4"
+  link.symlink_to(target)
+  stale = [target.parent / ".video.mp4.abcd1234.video.tmp.mp4",
+           target.parent / ".video.mp4.zz99xx00.audio.tmp.wav"]
+  other = target.parent / ".video.mp4.x.abcd1234.tmp.mp4"  # another output's temp file
+  for p in stale + [other]:
+    p.write_bytes(b"partial")
+  assert media.check_output_path(link, what="--out") == str(target)
+  assert not any(p.exists() for p in stale) and other.exists()
+  media.write_video(link, np.zeros((2, 16, 16, 3), np.uint8), fps=25)
+  assert link.is_symlink() and target.is_file()  # the target was written, the link kept
+  assert media.read_video(link, with_audio=False).num_frames == 2
+  with pytest.raises(VasaInputError, match="is the input file"):
+    media.check_output_path(tmp_path / "real" / ".." / "link.mp4", inputs=[target])
+  with pytest.raises(VasaInputError, match="is a directory"):
+    media.VideoWriter(tmp_path)

@@ -308,14 +308,12 @@ def _open_within_limit(img: Image.Image, path: str) -> Image.Image:
 
 
 def _reduce_to_limit(img: Image.Image, path: str) -> Image.Image:
-  """Downscales (box filter, whole factors) to at most MAX_IMAGE_PIXELS."""
+  """Downscales (box filter: every source pixel counts once) to at most MAX_IMAGE_PIXELS."""
   w, h = img.size
   if img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
     img = img.convert("RGBA" if img.mode in ("P", "PA") else "RGB")
-  factor = math.ceil(math.sqrt(w * h / MAX_IMAGE_PIXELS))
-  while (w // factor) * (h // factor) > MAX_IMAGE_PIXELS:
-    factor += 1
-  out = img.reduce(factor)
+  scale = math.sqrt(MAX_IMAGE_PIXELS / (w * h))
+  out = img.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.Resampling.BOX)
   log.warning("Image %s is %dx%d (%.0f MP, over the %.0f MP limit); downscaled to %dx%d.",
               path, w, h, w * h / 1e6, MAX_IMAGE_PIXELS / 1e6, *out.size)
   return out
