@@ -177,10 +177,10 @@ def test_python_api_gets_the_same_messages(tiny_pipeline_dir, inputs, capsys):
     assert str(stream_error.value) == str(api_error.value)
     flag = {"gaze": "1e9,0", "emotion": EMOTION_NAN}.get(key, str(kw[key]))
     capsys.readouterr()
-    assert cli.main(["generate", "--audio", str(inputs / "speech.wav"), f"--{key.replace('_', '-')}",
-                     flag, "--out", str(inputs / "o.mp4")]) == 2
-    cli_line = capsys.readouterr().err
-    assert f"{key} (--{key.replace('_', '-')}) must" in cli_line
+    option = f"--{key.replace('_', '-')}"
+    assert cli.main(["generate", "--audio", str(inputs / "speech.wav"), option, flag,
+                     "--out", str(inputs / "o.mp4")]) == 2
+    assert f"{key} ({option}) must" in capsys.readouterr().err
 
 
 def test_a_damaged_bundled_style_checkpoint_is_caught_by_its_checksum(tiny_pipeline_dir):

@@ -1,8 +1,9 @@
-"""Image, audio and video input/output through PIL, soundfile and the bundled ffmpeg.
+"""Image, audio and video input/output through PIL, soundfile, PyAV and the bundled ffmpeg.
 
-Everything that touches ffmpeg uses the binary shipped with `imageio_ffmpeg`
-(`imageio_ffmpeg.get_ffmpeg_exe()`), so no system ffmpeg/ffprobe is needed. Streams are probed by
-parsing the stderr of `ffmpeg -i FILE` (there is no bundled ffprobe).
+Streams are probed with PyAV (`av`: libavformat's own fields, no log text parsed). Video decoding
+(through ffmpeg's `fps` filter) and encoding use the binary shipped with `imageio_ffmpeg`
+(`imageio_ffmpeg.get_ffmpeg_exe()`), so no system ffmpeg is needed. Every file name reaches
+libavformat as a `file:` path, so no name is ever read as a protocol (`concat:a|b`).
 
 Conventions (docs/design.md): frames are uint8 (H, W, 3) RGB; audio is float32 mono at 16 kHz;
 video is 25 fps, so one frame spans 640 audio samples. Writes are atomic: a temporary file in the
@@ -42,16 +43,16 @@ _SOUNDFILE_EXTS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
 
 @dataclasses.dataclass(frozen=True)
 class MediaInfo:
-  """What `ffmpeg -i` says about a file (first video and first audio stream only)."""
+  """A file's streams as libavformat reads them (first video and first audio stream only)."""
   path: str
-  duration: float | None  # seconds, None when ffmpeg does not know
+  duration: float | None  # seconds, None when the container does not say
   has_video: bool
   has_audio: bool
   fps: float | None  # average frame rate of the video stream (ffmpeg's "fps"; falls back to tbr)
   width: int | None  # coded size, before any rotation
   height: int | None
   audio_sr: int | None
-  audio_channels: int | None  # None when the layout is not one we know
+  audio_channels: int | None
   comment: str | None  # global `comment` metadata tag
   # ffmpeg's "tbr" (r_frame_rate): the rate at which ffmpeg lays out frames of a variable-frame-
   # rate stream (a 22.13 fps average phone clip is 30 tbr). Defaults keep old constructors valid.
@@ -98,20 +99,6 @@ def _ffmpeg_input(path: str) -> str:
   return "file:" + os.path.abspath(path)
 
 
-def _parse_unit_rate(line: str, unit: str) -> float | None:
-  """The number before `unit` ("fps" or "tbr") on a `Stream ... Video:` line, or None."""
-  m = re.search(r"([0-9]+(?:\.[0-9]+)?)(k?) " + unit + r"\b", line)
-  if not m:
-    return None
-  rate = float(m.group(1)) * (1000.0 if m.group(2) else 1.0)
-  return rate if rate > 0 else None
-
-
-def _parse_rate(line: str) -> float | None:
-  """Frame rate from a `Stream ... Video:` line: prefer `fps`, fall back to `tbr`."""
-  return _parse_unit_rate(line, "fps") or _parse_unit_rate(line, "tbr")
-
-
 def _exact_rate(rate: float) -> fractions.Fraction:
   """A printed frame rate as an exact fraction: 29.97 -> 30000/1001 (NTSC), 12.5 -> 25/2.
 
@@ -141,7 +128,7 @@ def _nominal_rate(avg_fps: float | None, tbr: float | None) -> fractions.Fractio
 
 
 def probe(path) -> MediaInfo:
-  """Reads stream information from `ffmpeg -i` output.
+  """Reads stream information with PyAV (libavformat's own fields; no log text is parsed).
 
   Args:
     path: a media file.
@@ -150,72 +137,47 @@ def probe(path) -> MediaInfo:
     A `MediaInfo`.
 
   Raises:
-    VasaInputError: the file is missing or ffmpeg cannot open it.
+    VasaInputError: the file is missing or libavformat cannot open it.
   """
+  import av  # pylint: disable=import-outside-toplevel
+
   path = _check_exists(path, "Media")
-  proc = subprocess.run([_ffmpeg(), "-hide_banner", "-nostdin", "-i", _ffmpeg_input(path)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-  text = proc.stderr.decode("utf-8", errors="replace")
-  if "Input #0" not in text:
-    reason = _tail(text, 1) or "unknown error"
+  try:
+    # `file:` keeps a name such as `concat:a|b` a file name (see `_ffmpeg_input`).
+    with av.open(_ffmpeg_input(path), metadata_errors="ignore") as container:
+      return _media_info(path, container)
+  except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
+    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise VasaInputError(f"Cannot read media file {path!r}: it is corrupt or not a media file "
-                         f"({reason}). Re-export it as mp4/wav.")
-  lines = text.splitlines()
-  duration = None
-  m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
-  if m:
-    duration = 3600 * int(m.group(1)) + 60 * int(m.group(2)) + float(m.group(3))
-  # Cover art in audio files shows up as a video stream marked "(attached pic)".
-  video = [l for l in lines if re.search(r"Stream #\S+.*: Video:", l) and "attached pic" not in l]
-  audio = [l for l in lines if re.search(r"Stream #\S+.*: Audio:", l)]
-  fps = tbr = width = height = audio_sr = None
+                         f"({reason}). Re-export it as mp4/wav.") from None
+
+
+def _rate(value) -> float | None:
+  return float(value) if value else None
+
+
+def _media_info(path: str, container) -> MediaInfo:
+  """`MediaInfo` from an open PyAV container: the first video and first audio stream."""
+  import av  # pylint: disable=import-outside-toplevel
+
+  attached = av.stream.Disposition.attached_pic  # cover art in audio files is a "video" stream
+  video = [v for v in container.streams.video if not v.disposition & attached]
+  audio = list(container.streams.audio)
+  fps = tbr = width = height = audio_sr = audio_channels = None
   if video:
-    fps = _parse_rate(video[0])
-    tbr = _parse_unit_rate(video[0], "tbr")
-    m = re.search(r", (\d{2,5})x(\d{2,5})", video[0])
-    if m:
-      width, height = int(m.group(1)), int(m.group(2))
-  audio_channels = None
+    v = video[0]
+    # As ffmpeg prints them: "fps" is the average rate, "tbr" the stream's r_frame_rate.
+    fps, tbr = _rate(v.average_rate), _rate(v.base_rate)
+    width, height = (v.codec_context.width or None), (v.codec_context.height or None)
   if audio:
-    m = re.search(r"(\d+) Hz, ([^,]+)", audio[0])
-    audio_sr = int(m.group(1)) if m else None
-    audio_channels = _parse_channels(m.group(2)) if m else None
+    a = audio[0].codec_context
+    audio_sr = int(a.sample_rate) or None
+    audio_channels = int(a.channels) or None
+  duration = container.duration / 1e6 if container.duration is not None else None  # AV_TIME_BASE
+  comment = {k.lower(): v for k, v in container.metadata.items()}.get("comment")
   return MediaInfo(path=path, duration=duration, has_video=bool(video), has_audio=bool(audio),
                    fps=fps, width=width, height=height, audio_sr=audio_sr,
-                   audio_channels=audio_channels,
-                   comment=_parse_global_tag(lines, "comment"), tbr=tbr)
-
-
-_LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "downmix": 2, "2.1": 3, "3.0": 3, "3.0(back)": 3,
-                    "4.0": 4, "quad": 4, "quad(side)": 4, "3.1": 4, "4.1": 5, "5.0": 5,
-                    "5.0(side)": 5, "5.1": 6, "5.1(side)": 6, "6.0": 6, "hexagonal": 6,
-                    "6.1": 7, "7.0": 7, "7.1": 8, "7.1(wide)": 8, "octagonal": 8}
-
-
-def _parse_channels(layout: str) -> int | None:
-  """Channel count from an ffmpeg layout name ("stereo", "5.1(side)", "3 channels")."""
-  layout = layout.strip()
-  m = re.match(r"(\d+) channels", layout)
-  if m:
-    return int(m.group(1))
-  return _LAYOUT_CHANNELS.get(layout)
-
-
-def _parse_global_tag(lines: list[str], key: str) -> str | None:
-  """Value of a global metadata tag: the `Metadata:` block of `Input #0` before any stream."""
-  in_meta = False
-  for line in lines:
-    s = line.strip()
-    if s.startswith("Stream #"):
-      break
-    if s == "Metadata:":
-      in_meta = True
-      continue
-    if in_meta:
-      m = re.match(r"(\S+)\s*:\s?(.*)$", s)
-      if m and m.group(1).lower() == key:
-        return m.group(2)
-  return None
+                   audio_channels=audio_channels, comment=comment, tbr=tbr)
 
 
 def read_metadata_comment(path) -> str | None:
@@ -420,9 +382,10 @@ def _finish_audio(x: np.ndarray, orig_sr: int, sr: int, name: str) -> np.ndarray
 def _decode_audio_ffmpeg(path: str, info: MediaInfo) -> tuple[np.ndarray, int]:
   """First audio stream -> (N, C) float32 at the source rate, via an f32le pipe.
 
-  The channels come out as they are (averaged later, like the soundfile path): ffmpeg's own
-  stereo -> mono downmix weights each channel by 1/sqrt(2) instead of averaging. Only when the
-  channel layout is unknown does ffmpeg downmix to mono itself.
+  The channels come out as they are and are mixed by `to_mono` (as on the soundfile path).
+  This stays on the ffmpeg binary rather than PyAV: the binary trims the padding an mp4's edit
+  list marks (PyAV's decode returns up to ~400 samples more at the end, which changes a clip's
+  frame count).
   """
   src_sr = info.audio_sr or SAMPLE_RATE
   channels = info.audio_channels or 1
@@ -610,7 +573,8 @@ def _raw_frames(path: str, rate: fractions.Fraction | None,
                 max_side: int | None) -> Iterator[np.ndarray]:
   """Yields read-only (H, W, 3) uint8 views at `rate` (rotation metadata applied)."""
   import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
-  gen = imageio_ffmpeg.read_frames(_ffmpeg_input(path), pix_fmt="rgb24", input_params=["-nostdin"],
+  gen = imageio_ffmpeg.read_frames(_ffmpeg_input(path), pix_fmt="rgb24",
+                                   input_params=["-nostdin"],
                                    output_params=_video_filters(rate, max_side))
   try:
     try:
