@@ -303,3 +303,14 @@ def test_no_restorable_checkpoint_is_one_clear_error(stopped_run, tmp_path):
     _run(_config(), workdir)
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == \
       ["5", "6"]  # nothing moved when nothing restores
+
+
+def test_load_params_of_a_damaged_checkpoint_is_one_clear_error(stopped_run, tmp_path):
+  workdir = _copy_run(stopped_run[0], tmp_path / "run")
+  state = workdir / "checkpoints" / "6" / "state"
+  for p in list(state.rglob("*")):
+    if p.is_file() and p.parent.name == "d":  # the OCDBT data files: the arrays are gone
+      p.unlink()
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"cannot be read .*available: \[5\]"):
+    ckpt_lib.load_params(workdir)
+  assert ckpt_lib.load_params(workdir / "checkpoints" / "5")[1]  # the older step still loads

@@ -201,11 +201,21 @@ def main(argv: list[str] | None = None) -> int:
   if args.command is None:
     parser.print_help()
     return 0
+  _exit_on_sigterm()
   try:
     return _run(args, overrides) or 0
   except VasaInputError as e:
     print(f"vasa-jax {args.command}: error: {e}", file=sys.stderr)
     return 2
+
+
+def _exit_on_sigterm():
+  """SIGTERM (a scheduler, `kill`) exits through Python's cleanup like Ctrl-C, so writers
+  remove their temporary files instead of leaving them behind."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def _run(args, overrides):  # pylint: disable=too-many-return-statements
@@ -246,7 +256,9 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
                            mouth_scale=args.mouth_scale)
     return 0
   if cmd == "reenact":
+    from vasa_jax.data import media
     from vasa_jax.inference import reenact
+    args.out = media.check_output_path(args.out, inputs=[args.source, args.driving], what="--out")
     reenact.reenact(args.checkpoint, args.source, args.driving, args.out, relative=args.relative)
     return 0
   if cmd in ("generate", "stream"):

@@ -431,6 +431,7 @@ def save_pipeline(out_dir, latent_config, latent_params, motion_config, motion_p
   (None: 1)."""
   from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
 
+  check_controls(steps=steps, cfg_audio=cfg_audio, cfg_gaze=cfg_gaze, mouth_scale=mouth_scale)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   checkpoint.export_params(latent_params, latent_config, out / "latent", dtype=dtype)

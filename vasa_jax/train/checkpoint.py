@@ -250,15 +250,24 @@ def load_params(path: str | os.PathLike, ema: bool = True, step: int | None = No
     config = manager.restore_config(step) if (ckpt_dir / str(step) / "config").is_dir() else None
   # The state metadata gives the saved shapes; restore only one subtree (partial restore).
   state_dir = ckpt_dir / str(step) / "state"
-  with ocp.PyTreeCheckpointer() as reader:
-    meta = reader.metadata(state_dir).item_metadata.tree
-    key = "ema_params" if ema and meta.get("ema_params") is not None else "params"
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = {key: jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta[key])}
-    restored = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
+  try:
+    with ocp.PyTreeCheckpointer() as reader:
+      meta = reader.metadata(state_dir).item_metadata.tree
+      key = "ema_params" if ema and meta.get("ema_params") is not None else "params"
+      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = {key: jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta[key])}
+      restored = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
+  except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
+    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    others = [s for s in steps if s != step]
+    raise CheckpointError(
+        f"Checkpoint {state_dir} cannot be read ({type(e).__name__}: {first_line}); it is "
+        "damaged or incomplete. "
+        + (f"Pass {ckpt_dir}/<step> for another step (available: {others})." if others
+           else "Re-run the training.")) from None
   logging.info("Loaded %s of step %d from %s", key, step, ckpt_dir)
   return config, restored[key]
 
