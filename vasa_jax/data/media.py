@@ -204,6 +204,8 @@ def _to_rgb_uint8(arr: np.ndarray, name: str) -> np.ndarray:
   if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or min(arr.shape[:2]) < 1:
     raise VasaInputError(f"{name}: expected an image of shape (H, W), (H, W, 1), (H, W, 3) or "
                          f"(H, W, 4), got {arr.shape}.")
+  if arr.dtype == np.uint8 and arr.shape[-1] == 3:
+    return np.ascontiguousarray(arr)  # already RGB uint8: no float copy (4x its size)
   if arr.dtype == np.uint8:
     x = arr.astype(np.float32) / 255.0
   elif np.issubdtype(arr.dtype, np.floating):
@@ -224,8 +226,6 @@ def _to_rgb_uint8(arr: np.ndarray, name: str) -> np.ndarray:
     # Composite on white: transparent portrait backgrounds become a plain white background.
     alpha = x[..., 3:]
     x = x[..., :3] * alpha + (1.0 - alpha)
-  if arr.dtype == np.uint8 and arr.shape[-1] == 3:
-    return np.ascontiguousarray(arr)
   return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -257,8 +257,10 @@ def _open_within_limit(img: Image.Image, path: str) -> Image.Image:
   if w * h <= MAX_IMAGE_PIXELS:
     return img
   if img.format == "JPEG":
-    scale = math.sqrt(MAX_IMAGE_PIXELS / (w * h))
-    img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+    # draft() picks the largest DCT reduction (1/2, 1/4, 1/8) that keeps at least the requested
+    # size, so ask for the size of the reduction that first fits the limit.
+    k = min(3, math.ceil(math.log2(math.sqrt(w * h / MAX_IMAGE_PIXELS))))
+    img.draft("RGB", (-(-w // 2**k), -(-h // 2**k)))
     log.warning("Image %s is %dx%d (%.0f MP, over the %.0f MP limit); decoding it at %dx%d.",
                 path, w, h, w * h / 1e6, MAX_IMAGE_PIXELS / 1e6, *img.size)
     return img
