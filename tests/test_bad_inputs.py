@@ -194,3 +194,39 @@ def test_a_damaged_bundled_style_checkpoint_is_caught_by_its_checksum(tiny_pipel
       line = (root / part / "params.sha256").read_text()
       digest = hashlib.sha256((root / part / "params.msgpack").read_bytes()).hexdigest()
       assert line == f"{digest}  params.msgpack\n"
+
+
+_WRITER = """
+import sys, numpy as np
+from vasa_jax import cli
+from vasa_jax.data import media
+cli._exit_on_sigterm()
+with media.VideoWriter(sys.argv[1], fps=25, audio=np.zeros(16000, np.float32)) as w:
+  w.write(np.zeros((16, 16, 3), np.uint8))
+  print("writing", flush=True)
+  while True:
+    w.write(np.zeros((16, 16, 3), np.uint8))
+"""
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGKILL"])
+def test_killed_writer_leaves_nothing_the_next_run_keeps(signum, tmp_path):
+  """SIGTERM cleans up on the way out; after SIGKILL the next run's output check does."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from vasa_jax.data import media  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "o.mp4"
+  proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(out)], stdout=subprocess.PIPE,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.stdout.readline().strip() == b"writing"
+  proc.send_signal(getattr(signal, signum))
+  proc.wait(timeout=60)
+  temps = [p for p in os.listdir(tmp_path) if ".tmp" in p]
+  if signum == "SIGTERM":
+    assert proc.returncode == 128 + signal.SIGTERM and not temps
+  else:
+    assert temps  # what a killed run leaves ...
+    media.check_output_path(out, what="--out")
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]  # ... the next run removes
+  assert not out.exists()
