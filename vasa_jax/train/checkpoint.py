@@ -139,6 +139,11 @@ class Checkpointer:
         continue
       for bad, _ in damaged:
         self._set_aside(bad)
+      if damaged and jax.process_count() > 1:
+        # Every process must see the same steps before reloading, or they disagree about
+        # which steps still need saving (and a collective save would hang).
+        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+        multihost_utils.sync_global_devices("vasa_jax_checkpoints_set_aside")
       if damaged:
         logging.warning("Resuming from step %d: the newer checkpoint(s) %s were damaged and are "
                         "kept in %s for inspection.", step, [b for b, _ in damaged],
