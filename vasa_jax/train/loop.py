@@ -291,10 +291,10 @@ def _truncate_jsonl(path: epath.Path, last_step: int):
   keep = []
   for line in path.read_text().splitlines():
     try:
-      row = json.loads(line)
-    except ValueError:
+      step = int(json.loads(line)["step"])
+    except (ValueError, TypeError, KeyError):
       continue
-    if isinstance(row, dict) and int(row.get("step", 0)) <= last_step:
+    if step <= last_step:
       keep.append(line + "\n")
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_text("".join(keep))
