@@ -230,3 +230,12 @@ def test_killed_writer_leaves_nothing_the_next_run_keeps(signum, tmp_path):
     media.check_output_path(out, what="--out")
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]  # ... the next run removes
   assert not out.exists()
+
+
+def test_ordinary_and_boundary_controls_pass():
+  from vasa_jax.inference.controls import check_controls  # pylint: disable=import-outside-toplevel
+  check_controls(cfg_audio=0.5, cfg_gaze=10, gaze=(0.3, -np.pi / 2), distance=np.array([-5.0]),
+                 emotion="happy", mouth_scale=0, steps=25.0, seed=np.uint32(2**32 - 1),
+                 render_batch=0, chunk_ms=0.5)
+  check_controls(emotion=",".join(["0"] * 7 + ["2"]))  # an offset vector at the range's edge
+  check_controls()  # every default

@@ -53,6 +53,8 @@ def _number(value, name: str, lo: float, hi: float, *, lo_open: bool = False) ->
 
 
 def _integer(value, name: str, lo: int, hi: int | None) -> int:
+  if isinstance(value, float) and value.is_integer():
+    value = int(value)  # 25.0 from a JSON form is 25
   ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
   if ok:
     value = int(value)
