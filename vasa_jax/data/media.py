@@ -406,7 +406,8 @@ def read_audio(path_or_array, sr: int = SAMPLE_RATE, orig_sr: int | None = None)
   """Reads audio as mono float32 at `sr`.
 
   wav/flac/ogg are read with soundfile; mp3/m4a/aac and video files (mp4/mov/mpg/avi/webm/flv/
-  mkv) are decoded by the bundled ffmpeg. Channels are averaged and the rate converted with soxr.
+  mkv) are decoded by the bundled ffmpeg. Channels are mixed by `to_mono` (averaged unless they
+  cancel), float samples beyond +-1 are peak-normalised, and the rate is converted with soxr.
 
   Args:
     path_or_array: a file, or an array (N,) / (N, channels) of samples (then `orig_sr` is needed).
