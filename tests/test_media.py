@@ -407,8 +407,9 @@ def test_protocol_like_file_names_are_plain_files(tmp_path):
   (tmp_path / "a.wav").rename(weird)
   assert media.probe(weird).duration == pytest.approx(0.5, abs=0.01)
   video = tmp_path / "pipe:1.mp4"
-  media.write_video(video, np.zeros((3, 16, 16, 3), np.uint8), fps=25)
+  media.write_video(video, np.zeros((3, 16, 16, 3), np.uint8), fps=25, audio=_tone(1920))
   assert media.read_video(video, with_audio=False).num_frames == 3
+  assert abs(len(media.read_audio(video)) - 1920) < 1024  # decoded by ffmpeg from `file:`
   with pytest.raises(VasaInputError, match="not found"):
     media.read_audio(f"concat:{tmp_path}/x.wav|{tmp_path}/y.wav")
   os.mkfifo(tmp_path / "fifo.wav")
