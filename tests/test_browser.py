@@ -88,8 +88,8 @@ def _upload_and_generate(driver, url, image, audio):
     field.send_keys(path)
   # Uploads are done when the audio player and the image preview exist.
   wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#portrait img"))
-  wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#speech audio, #speech .waveform-container,"
-                                                         " #speech [data-testid='waveform-x']"))
+  wait.until(lambda d: d.find_elements(By.CSS_SELECTOR,
+                                       "#speech audio, #speech .waveform-container"))
   driver.find_element(By.ID, "generate").click()
 
 
