@@ -125,8 +125,8 @@ def test_cli_parses_the_serve_subcommands():
   assert (args.checkpoint, args.host, args.port, args.share) == ("d", "0.0.0.0", 0, True)
   args = parser.parse_args(["live", "--port", "9000", "--max-sessions", "2"])
   assert (args.port, args.max_sessions) == (9000, 2)
-  args = parser.parse_args(["live-client", "--clients", "4", "--no-realtime"])
-  assert (args.clients, args.realtime, args.url) == (4, False, "ws://127.0.0.1:8765")
+  args = parser.parse_args(["live-client", "--clients", "1,4", "--no-realtime"])
+  assert (args.clients, args.realtime, args.url) == ([1, 4], False, "ws://127.0.0.1:8765")
 
 
 # -- live server -------------------------------------------------------------------------------
@@ -233,3 +233,39 @@ def test_live_reports_bad_input_and_a_full_server(server, portrait_png, wav):
       return [len(r.frames) for r in await asyncio.gather(*sessions)]
 
   assert asyncio.run(asyncio.wait_for(main(), 180)) == [25, 25]
+
+
+def test_cli_live_client_streams_saves_and_prints_a_table(server, wav, tmp_path, capsys):
+  """`vasa-jax live-client` against a server running in its own thread and event loop."""
+  import threading  # pylint: disable=import-outside-toplevel
+  started, stop = threading.Event(), None
+  ports, loops = [], []
+
+  async def serve_until_stopped():
+    nonlocal stop
+    stop = asyncio.Event()
+    async with server.listen("127.0.0.1", 0) as ws_server:
+      ports.append(ws_server.port)
+      loops.append(asyncio.get_running_loop())
+      started.set()
+      await asyncio.wait_for(stop.wait(), 120)
+
+  thread = threading.Thread(target=asyncio.run, args=(serve_until_stopped(),), daemon=True)
+  thread.start()
+  assert started.wait(30)
+  speech = tmp_path / "speech.wav"
+  media.write_wav(speech, wav)
+  out = tmp_path / "live.mp4"
+  try:
+    rc = cli.main(["live-client", "--url", f"ws://127.0.0.1:{ports[0]}", "--audio", str(speech),
+                   "--out", str(out), "--clients", "1,2", "--no-realtime", "--chunk-ms", "20"])
+  finally:
+    loops[0].call_soon_threadsafe(stop.set)
+    thread.join(30)
+  assert rc == 0 and not thread.is_alive()
+  text = capsys.readouterr().out
+  assert text.count("25 frames; first frame") == 3
+  table = [line for line in text.splitlines() if line.startswith("| ")]
+  assert len(table) == 3 and table[1].startswith("| 1 |") and table[2].startswith("| 2 |")
+  video = media.read_video(out, fps=None)
+  assert video.frames.shape[0] == 25 and video.audio is not None

@@ -213,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--audio", help="speech; default: the bundled speech")
   p.add_argument("--out", default="live.mp4", help="mp4 of session 0's frames")
   p.add_argument("--chunk-ms", type=float, default=40.0, help="audio chunk length (ms)")
-  p.add_argument("--clients", type=int, default=1, help="concurrent sessions (load test)")
+  p.add_argument("--clients", type=lambda s: [int(v) for v in _floats(s, None, "clients")],
+                 default=[1], metavar="N[,N...]",
+                 help="concurrent sessions; a list runs each count in turn (e.g. 1,4) and "
+                 "prints a table")
   p.add_argument("--no-realtime", dest="realtime", action="store_false",
                  help="send the audio as fast as possible instead of at real time")
   p.add_argument("--format", default="jpeg", choices=("jpeg", "raw"))

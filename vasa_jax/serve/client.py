@@ -94,9 +94,14 @@ async def concurrent_sessions(n: int, *args, **kwargs) -> list[SessionResult]:
   return list(await asyncio.gather(*(stream_session(*args, **kwargs) for _ in range(n))))
 
 
-def run(url: str, image, audio, out, *, clients: int = 1, **kwargs) -> list[SessionResult]:
-  """`vasa-jax live-client`: streams, writes the first session's frames to `out` (mp4 with the
-  audio) and prints latency and frame rate per session."""
+def run(url: str, image, audio, out, *, clients=(1,), **kwargs) -> dict:
+  """`vasa-jax live-client`: streams with each number of concurrent `clients` in turn, writes
+  the first session's frames to `out` (mp4 with the audio) and prints one line per session and
+  a table per client count.
+
+  Returns:
+    {n clients: [SessionResult, ...]}.
+  """
   # pylint: disable=import-outside-toplevel
   from vasa_jax.data import media
   from vasa_jax.errors import VasaInputError
@@ -114,15 +119,36 @@ def run(url: str, image, audio, out, *, clients: int = 1, **kwargs) -> list[Sess
     portrait = pathlib.Path(image).read_bytes()
   audio = audio or str(generate_cli.BUNDLED_SPEECH)
   wav = media.read_audio(audio, sr=16000)
-  results = asyncio.run(concurrent_sessions(clients, url, portrait, wav, **kwargs))
-  r0 = results[0]
+  seconds = len(wav) / 16000
+  runs = {}
+  for n in clients:
+    results = asyncio.run(concurrent_sessions(int(n), url, portrait, wav, **kwargs))
+    runs[int(n)] = results
+    for i, r in enumerate(results):
+      print(f"{n} clients, session {i}: {len(r.frames)} frames; first frame "
+            f"{1000 * r.first_frame_s:.0f} ms after the first chunk "
+            f"({1000 * r.server_latency_s:.0f} ms after its audio was sent); {r.fps:.1f} frames/s"
+            f"; {r.wall_s:.1f} s for {seconds:.1f} s of audio")
+  r0 = next(iter(runs.values()))[0]
   if out and r0.frames:
     media.write_video(out, np.stack(r0.frames), fps=25, audio=wav, sr=16000)
-  for i, r in enumerate(results):
-    print(f"session {i}: {len(r.frames)} frames; first frame {1000 * r.first_frame_s:.0f} ms "
-          f"after the first chunk ({1000 * r.server_latency_s:.0f} ms after its audio was sent); "
-          f"{r.fps:.1f} frames/s sustained; {r.wall_s:.1f} s for {len(wav) / 16000:.1f} s of "
-          "audio")
-  if out and r0.frames:
-    print(f"Wrote {out} (session 0).")
-  return results
+    print(f"Wrote {out} (first session).")
+  print(summary_table(runs, seconds))
+  return runs
+
+
+def summary_table(runs: dict, seconds: float) -> str:
+  """Markdown table: per client count, first-frame latency (mean over sessions, max) and frame
+  rates (each session's, all sessions' together)."""
+  rows = ["| clients | first frame after first chunk, ms (mean / max) | after its audio, ms "
+          "(mean / max) | frames/s per session (mean) | frames/s all sessions | wall / audio |",
+          "|---|---|---|---|---|---|"]
+  for n, results in runs.items():
+    first = np.array([r.first_frame_s for r in results]) * 1000
+    own = np.array([r.server_latency_s for r in results]) * 1000
+    fps = np.mean([r.fps for r in results])
+    wall = max(r.wall_s for r in results)
+    total = sum(len(r.frames) for r in results) / wall
+    rows.append(f"| {n} | {first.mean():.0f} / {first.max():.0f} | {own.mean():.0f} / "
+                f"{own.max():.0f} | {fps:.1f} | {total:.1f} | {wall / seconds:.2f} |")
+  return "\n".join(rows)
