@@ -147,19 +147,24 @@ def test_protocol_round_trips_frames_and_pcm():
 
 
 def test_live_frames_are_the_pipelines_stream(pipe, server, portrait_png, wav):
+  """Two sessions at once with different seeds: each gets exactly `Pipeline.stream`'s frames
+  for its own seed (nothing mixed between sessions)."""
   async def main():
     async with server.listen("127.0.0.1", 0) as ws_server:
       url = f"ws://127.0.0.1:{ws_server.port}"
-      return await client.stream_session(url, portrait_png, wav, chunk_ms=40, realtime=False,
-                                         fmt="raw", pcm="f32le", seed=3, timeout_s=60)
+      return await asyncio.gather(*(
+          client.stream_session(url, portrait_png, wav, chunk_ms=40, realtime=False, fmt="raw",
+                                pcm="f32le", seed=seed, timeout_s=60) for seed in (3, 4)))
 
-  result = asyncio.run(asyncio.wait_for(main(), 120))
+  results = asyncio.run(asyncio.wait_for(main(), 120))
   chunks = [wav[i:i + 640] for i in range(0, len(wav), 640)]
-  expected = list(pipe.stream(np.asarray(Image.open(io.BytesIO(portrait_png)).convert("RGB")),
-                              chunks, seed=3))
-  assert len(result.frames) == len(expected) == 25
-  np.testing.assert_array_equal(np.stack(result.frames), np.stack(expected))
-  assert result.first_frame_s > 0 and result.fps > 0
+  image = np.asarray(Image.open(io.BytesIO(portrait_png)).convert("RGB"))
+  for seed, result in zip((3, 4), results):
+    expected = np.stack(list(pipe.stream(image, chunks, seed=seed)))
+    assert len(result.frames) == len(expected) == 25
+    np.testing.assert_array_equal(np.stack(result.frames), expected)
+    assert result.first_frame_s > 0 and result.fps > 0
+  assert not np.array_equal(results[0].frames[-1], results[1].frames[-1])
   assert server.active_sessions == 0
 
 
@@ -269,3 +274,41 @@ def test_cli_live_client_streams_saves_and_prints_a_table(server, wav, tmp_path,
   assert len(table) == 3 and table[1].startswith("| 1 |") and table[2].startswith("| 2 |")
   video = media.read_video(out, fps=None)
   assert video.frames.shape[0] == 25 and video.audio is not None
+
+
+def test_two_users_at_once_get_their_own_videos(pipe, wav, tmp_path):
+  """Two Gradio API clients submit at the same moment (different speech lengths and seeds):
+  the queue runs them one after the other and each gets the video of its own input."""
+  import socket  # pylint: disable=import-outside-toplevel
+  from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
+  from gradio_client import Client, handle_file  # pylint: disable=import-outside-toplevel
+  from skimage import data  # pylint: disable=import-outside-toplevel
+
+  portrait = tmp_path / "astronaut.png"
+  Image.fromarray(data.astronaut()).save(portrait)
+  lengths = {0: 1.0, 1: 0.6}
+  speech = {}
+  for k, sec in lengths.items():
+    speech[k] = tmp_path / f"speech{k}.wav"
+    media.write_wav(speech[k], wav[:int(sec * 16000)])
+  demo = app.build_app(pipe, out_dir=tmp_path / "videos")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+  try:
+    def submit(k):
+      c = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False,
+                 download_files=str(tmp_path / f"client{k}"))
+      return c.predict(handle_file(str(portrait)), handle_file(str(speech[k])), 0.0, 0.0, 0.0,
+                       "neutral", 2, 0.5, 1.0, 1.0, k, False, api_name="/job")
+
+    with ThreadPoolExecutor(2) as pool:
+      results = list(pool.map(submit, lengths))
+  finally:
+    demo.close()
+  for k, (video, status) in enumerate(results):
+    frames = media.read_video(video["video"] if isinstance(video, dict) else video,
+                              fps=None).frames
+    assert frames.shape[0] == round(lengths[k] * 25), (k, status)
+  assert len(list((tmp_path / "videos").glob("*.mp4"))) == 2  # one file per job
