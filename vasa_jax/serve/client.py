@@ -103,6 +103,7 @@ def run(url: str, image, audio, out, *, clients=(1,), **kwargs) -> dict:
     {n clients: [SessionResult, ...]}.
   """
   # pylint: disable=import-outside-toplevel
+  from websockets.exceptions import WebSocketException
   from vasa_jax.data import media
   from vasa_jax.errors import VasaInputError
   from vasa_jax.inference import generate_cli
@@ -122,7 +123,11 @@ def run(url: str, image, audio, out, *, clients=(1,), **kwargs) -> dict:
   seconds = len(wav) / 16000
   runs = {}
   for n in clients:
-    results = asyncio.run(concurrent_sessions(int(n), url, portrait, wav, **kwargs))
+    try:
+      results = asyncio.run(concurrent_sessions(int(n), url, portrait, wav, **kwargs))
+    except (OSError, RuntimeError, asyncio.TimeoutError, WebSocketException) as e:
+      raise VasaInputError(f"--url {url}: {e or type(e).__name__} (is `vasa-jax live` running "
+                           "there?)") from None
     runs[int(n)] = results
     for i, r in enumerate(results):
       print(f"{n} clients, session {i}: {len(r.frames)} frames; first frame "
