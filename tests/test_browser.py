@@ -111,6 +111,10 @@ def test_page_generates_a_video_that_plays(page, browser, inputs):
   assert played > 0.2
   status = browser.find_element(By.ID, "status").text
   assert "25 frames (1.00 s)" in status, status
+  # It can be downloaded: the player's download control points at the same file.
+  links = browser.find_elements(By.CSS_SELECTOR,
+                                "#video a[download], #video [aria-label*='ownload']")
+  assert links, browser.find_element(By.ID, "video").get_attribute("innerHTML")[:2000]
   shot = os.environ.get("VASA_BROWSER_SCREENSHOT")
   if shot:
     browser.save_screenshot(shot)
