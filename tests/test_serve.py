@@ -232,7 +232,9 @@ def test_live_reports_bad_input_and_a_full_server(server, portrait_png, wav):
       # Two sessions fill this server: a third is told so and the two finish.
       sessions = [asyncio.create_task(client.stream_session(url, portrait_png, wav,
                                                             timeout_s=60)) for _ in range(2)]
-      while server.active_sessions < 2:
+      for _ in range(1200):  # both sessions have started (bounded: 60 s)
+        if server.active_sessions == 2:
+          break
         await asyncio.sleep(0.05)
       assert "busy" in await refused(url, {"type": "start"}, portrait_png)
       return [len(r.frames) for r in await asyncio.gather(*sessions)]
