@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--url", default="ws://127.0.0.1:8765")
   p.add_argument("--image", help="portrait; default: the bundled portrait")
   p.add_argument("--audio", help="speech; default: the bundled speech")
-  p.add_argument("--out", default="live.mp4", help="mp4 of session 0's frames")
+  p.add_argument("--out", default="live.mp4", help="mp4 of the first session's frames")
   p.add_argument("--chunk-ms", type=float, default=40.0, help="audio chunk length (ms)")
   p.add_argument("--clients", type=lambda s: [int(v) for v in _floats(s, None, "clients")],
                  default=[1], metavar="N[,N...]",
