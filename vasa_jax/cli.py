@@ -188,6 +188,40 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--chunk-ms", type=float, default=20.0,
                  help="streaming audio chunk length (ms; default: %(default)s)")
   p.add_argument("--out", help="JSON output path")
+
+  p = sub.add_parser("serve", help="web app (Gradio): upload or record, generate, watch")
+  p.add_argument("--checkpoint", help="pipeline directory; default: the bundled demo checkpoint")
+  p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines")
+  p.add_argument("--port", type=int, default=7860)
+  p.add_argument("--share", action="store_true", help="also a public gradio.live link")
+  p.add_argument("--max-seconds", type=float, default=60.0, help="longest speech accepted")
+
+  p = sub.add_parser("live", help="websocket server: portrait + live 16 kHz PCM -> frames")
+  p.add_argument("--checkpoint", help="pipeline directory; default: the bundled demo checkpoint")
+  p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines")
+  p.add_argument("--port", type=int, default=8765)
+  p.add_argument("--max-sessions", type=int, default=4, help="concurrent clients")
+  p.add_argument("--idle-timeout", type=float, default=30.0,
+                 help="seconds of client silence that end a session")
+  p.add_argument("--first-window", type=int, default=None, metavar="N",
+                 help="compile for sessions that ask for this first window (1..W)")
+
+  p = sub.add_parser("live-client", help="stream a wav to `vasa-jax live` in real time; save the "
+                     "frames, print latency")
+  p.add_argument("--url", default="ws://127.0.0.1:8765")
+  p.add_argument("--image", help="portrait; default: the bundled portrait")
+  p.add_argument("--audio", help="speech; default: the bundled speech")
+  p.add_argument("--out", default="live.mp4", help="mp4 of the first session's frames")
+  p.add_argument("--chunk-ms", type=float, default=40.0, help="audio chunk length (ms)")
+  p.add_argument("--clients", type=lambda s: [int(v) for v in _floats(s, None, "clients")],
+                 default=[1], metavar="N[,N...]",
+                 help="concurrent sessions; a list runs each count in turn (e.g. 1,4) and "
+                 "prints a table")
+  p.add_argument("--no-realtime", dest="realtime", action="store_false",
+                 help="send the audio as fast as possible instead of at real time")
+  p.add_argument("--format", default="jpeg", choices=("jpeg", "raw"))
+  p.add_argument("--first-window", type=int, default=None, metavar="N")
+  p.add_argument("--seed", type=int, default=0)
   return parser
 
 
@@ -299,5 +333,21 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     from vasa_jax import bench
     bench.run(args.config, overrides, checkpoint=args.checkpoint, seconds=args.seconds,
               out=args.out, first_window=args.first_window, chunk_ms=args.chunk_ms)
+    return 0
+  if cmd == "serve":
+    from vasa_jax.serve import app
+    app.serve(args.checkpoint, host=args.host, port=args.port, share=args.share,
+              max_seconds=args.max_seconds)
+    return 0
+  if cmd == "live":
+    from vasa_jax.serve import live
+    live.serve(args.checkpoint, host=args.host, port=args.port, max_sessions=args.max_sessions,
+               idle_timeout_s=args.idle_timeout, first_window=args.first_window)
+    return 0
+  if cmd == "live-client":
+    from vasa_jax.serve import client
+    client.run(args.url, args.image, args.audio, args.out, clients=args.clients,
+               chunk_ms=args.chunk_ms, realtime=args.realtime, fmt=args.format,
+               first_window=args.first_window, seed=args.seed)
     return 0
   raise AssertionError(cmd)
