@@ -2,16 +2,9 @@
 import ml_collections
 
 from vasa_jax.config_utils import parse_arg  # noqa: F401  (re-exported for recipes)
-
-# Video and audio timing: 25 fps video, 16 kHz audio, 10 ms mel hop -> 4 feature rows per frame.
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
-MEL_HOP = 160
-MEL_WIN = 400
-MEL_NFFT = 512
-N_MELS = 80
-ROWS_PER_FRAME = SAMPLES_PER_FRAME // MEL_HOP  # 4
+# Audio/video timing is a library fact; recipes read it from here.
+from vasa_jax.constants import (FPS, MEL_HOP, MEL_NFFT, MEL_WIN, N_MELS,  # noqa: F401
+                                ROWS_PER_FRAME, SAMPLE_RATE, SAMPLES_PER_FRAME)
 
 # z_pose is explicit and interpretable: yaw, pitch, roll (radians), tx, ty (normalised image
 # units), log scale (a head-to-camera distance proxy).

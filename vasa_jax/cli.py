@@ -236,7 +236,7 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
           f"{summary['bytes'] / 1e6:.1f} MB to {args.out}")
     return 0
   if cmd == "extract-motion":
-    from vasa_jax.data import extract_motion
+    from vasa_jax.inference import extract_motion
     extract_motion.extract_motion(args.latent_checkpoint, args.shards, args.out)
     return 0
   if cmd == "export":

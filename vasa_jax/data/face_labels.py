@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vasa_jax.models import motion_labels
+
 # Rigid points of MediaPipe's canonical face model (canonical_face_model.obj of
 # mediapipe/modules/face_geometry, centimetres, x right, y up, z towards the camera): eye corners,
 # nose bridge, nose tip, subnasale, nose wings and mid forehead. The chin (152) and mouth corners
@@ -296,3 +298,13 @@ def label_clip(landmarks: np.ndarray, image_size: float) -> dict[str, np.ndarray
       "mouth_open": mouth_open(landmarks, image_size),
       "main_gaze": main_gaze(g),
   }
+
+
+def landmark_labels(landmarks, resolution: int, cfg) -> tuple[np.ndarray, np.ndarray]:
+  """`motion_labels` vectors (T, 5) and valid (T,) of crops' (T, 478, 3) landmarks (crop pixels),
+  as preprocessing labels them; all invalid for a model without `label_motion`."""
+  landmarks = np.asarray(landmarks, np.float32)
+  if not cfg.label_motion:
+    return motion_labels.no_labels(landmarks.shape[0])
+  lab = label_clip(landmarks, resolution)
+  return motion_labels.motion_labels(lab["head_pose"], lab["face_scale"], lab["mouth_open"], cfg)

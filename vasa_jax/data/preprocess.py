@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from configs.common import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from vasa_jax.data import audio_features, face_crop, face_labels, media, records
 from vasa_jax.errors import NoFaceError, VasaInputError
 

@@ -23,6 +23,7 @@ from flax import serialization
 from PIL import Image
 
 from vasa_jax.errors import VasaInputError
+from vasa_jax.fileio import atomic_write_text
 
 INDEX_VERSION = 1
 INDEX_NAME = "index.json"
@@ -177,18 +178,6 @@ def read_record(shard_path: str | os.PathLike, i: int, *, decode_frames: bool = 
 
 
 # --------------------------------------------------------------------------- index.json
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-  """Writes text to `path` through a temporary file in the same directory."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def _index_path(path_or_dir: str | os.PathLike) -> pathlib.Path:

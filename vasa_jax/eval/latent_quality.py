@@ -45,10 +45,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vasa_jax import fileio
 from vasa_jax.data import records
 from vasa_jax.eval import report
 from vasa_jax.eval.report import fmt
 from vasa_jax.errors import VasaInputError
+from vasa_jax.image_ops import psnr, ssim, to_float_image, to_uint8_image
+from vasa_jax.models.layers import cosine_similarity
 
 JSON_NAME = "latent_quality.json"
 MD_NAME = "latent_quality.md"
@@ -177,7 +180,7 @@ def _load_images(index: records.ClipIndex, chosen: Sequence[dict], pairs: Sequen
       return records.decode_frames(rec, [mirror_of])[0][:, ::-1]
     return records.decode_frames(rec, [f])[0]
 
-  from vasa_jax.data.extract_motion import resize_frames  # pylint: disable=import-outside-toplevel
+  from vasa_jax.inference.extract_motion import resize_frames  # pylint: disable=import-outside-toplevel
   # One pass over the pairs, so the small record cache sees each clip's frames together.
   triples = [(frame(k, s), frame(k, d), frame(j, f, mirror_of=d)) for k, s, d, j, f in pairs]
   return tuple(resize_frames(np.stack(x), resolution) for x in zip(*triples))
@@ -194,8 +197,6 @@ def make_pair_evaluator(model):
     (B, R, R, 3) uint8 renderings.
   """
   from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
-  from vasa_jax.train import latent_losses as L  # pylint: disable=import-outside-toplevel
-  from vasa_jax.train.latent_task import to_float_image  # pylint: disable=import-outside-toplevel
 
   def apply(params, *args, method):
     return model.apply({"params": params}, *args, method=method)
@@ -214,15 +215,14 @@ def make_pair_evaluator(model):
     recon, cross = out[:b], out[b:]
     z = apply(params, jnp.concatenate([recon, cross, d, o]), method=FaceModel.encode_identity)
     z_recon, z_cross, z_drv, z_oth = jnp.split(z, 4)
-    cos = lambda a: L.cosine_similarity(a, lat["z_id"])  # noqa: E731
-    to_u8 = lambda x: jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)  # noqa
+    cos = lambda a: cosine_similarity(a, lat["z_id"])  # noqa: E731
     return {
-        "psnr": L.psnr(recon, d), "ssim": L.ssim(recon, d),
+        "psnr": psnr(recon, d), "ssim": ssim(recon, d),
         "l1": jnp.mean(jnp.abs(recon - d), axis=(1, 2, 3)),
-        "psnr_copy": L.psnr(s, d), "ssim_copy": L.ssim(s, d),
+        "psnr_copy": psnr(s, d), "ssim_copy": ssim(s, d),
         "id_cross": cos(z_cross), "id_recon": cos(z_recon),
         "id_same_person": cos(z_drv), "id_other_person": cos(z_oth),
-        "recon": to_u8(recon), "cross": to_u8(cross),
+        "recon": to_uint8_image(recon), "cross": to_uint8_image(cross),
     }
 
   return fn
@@ -459,8 +459,8 @@ def write_outputs(result: dict, grid, out) -> pathlib.Path:
   from PIL import Image  # pylint: disable=import-outside-toplevel
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  records.atomic_write_text(out / JSON_NAME, json.dumps(report.to_jsonable(result), indent=1))
-  records.atomic_write_text(out / MD_NAME, render_markdown(result))
-  report.write_atomic(str(out / GRID_NAME),
-                      lambda tmp: Image.fromarray(grid_image(grid)).save(tmp, format="PNG"))
+  fileio.atomic_write_text(out / JSON_NAME, json.dumps(report.to_jsonable(result), indent=1))
+  fileio.atomic_write_text(out / MD_NAME, render_markdown(result))
+  with fileio.atomic_path(out / GRID_NAME) as tmp:
+    Image.fromarray(grid_image(grid)).save(tmp, format="PNG")
   return out

@@ -34,7 +34,7 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from configs.common import FPS, SAMPLE_RATE
+from vasa_jax.constants import FPS, SAMPLE_RATE
 from vasa_jax.errors import VasaInputError
 
 # Fewer overlapping frames than this at a lag give no correlation (0): too little evidence.

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vasa_jax import fileio, params_io
 from vasa_jax.data import records
 from vasa_jax.errors import VasaInputError
 from vasa_jax.eval import lipsync, report
@@ -224,13 +225,12 @@ def _num_windows(frames: Sequence[int], window: int, context: int) -> int:
 def _check_latent(latent_checkpoint, motion_config, index: records.ClipIndex) -> dict:
   """The stage 1 run must be the one whose motion space stage 2 was trained in."""
   from vasa_jax import config_utils  # pylint: disable=import-outside-toplevel
-  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
   p = pathlib.Path(latent_checkpoint)
   cfg_path = next((c for c in (p / "config.json", p.parent / "config.json") if c.is_file()), None)
   if cfg_path is not None:
     config = config_utils.config_from_json(cfg_path.read_text())
   else:
-    config, _ = checkpoint.load_params(p)
+    config, _ = params_io.load_params(p)
   if config is None or config.get("stage") != "latent":
     raise VasaInputError(f"{latent_checkpoint} is not a stage 1 (latent) checkpoint.")
   dz = int(config.model.z_dyn_dim)
@@ -244,8 +244,7 @@ def _check_latent(latent_checkpoint, motion_config, index: records.ClipIndex) ->
 
 
 def _load_motion_model(motion_workdir):
-  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
-  config, params = checkpoint.load_params(motion_workdir, ema=True)
+  config, params = params_io.load_params(motion_workdir, ema=True)
   if config is None or config.get("stage") != "motion":
     raise VasaInputError(f"{motion_workdir} is not a stage 2 (motion) checkpoint; pass the "
                          "workdir of `vasa-jax train --config configs/motion.py:...`.")
@@ -546,6 +545,6 @@ def write_outputs(result: dict, out) -> pathlib.Path:
   """Writes `motion_lipsync.json` and `motion_lipsync.md` into `out`."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  records.atomic_write_text(out / JSON_NAME, json.dumps(report.to_jsonable(result), indent=1))
-  records.atomic_write_text(out / MD_NAME, render_markdown(result))
+  fileio.atomic_write_text(out / JSON_NAME, json.dumps(report.to_jsonable(result), indent=1))
+  fileio.atomic_write_text(out / MD_NAME, render_markdown(result))
   return out

@@ -31,7 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
-from configs.common import FPS, SAMPLE_RATE
+from vasa_jax import fileio
+from vasa_jax.constants import FPS, SAMPLE_RATE
 from vasa_jax.errors import CheckpointError, VasaInputError
 
 JSON_NAME = "calibration.json"
@@ -226,12 +227,12 @@ def calibrate(checkpoint, clips: Sequence[str], out_dir, *,
   if write:
     meta = json.loads(meta_path.read_text())
     meta["mouth_scale"] = pipeline_lib.check_mouth_scale(result["mouth_scale"])
-    records.atomic_write_text(meta_path, json.dumps(meta, indent=1))
+    fileio.atomic_write_text(meta_path, json.dumps(meta, indent=1))
     result["written"] = str(meta_path)
   os.makedirs(out_dir, exist_ok=True)
-  records.atomic_write_text(os.path.join(out_dir, JSON_NAME),
+  fileio.atomic_write_text(os.path.join(out_dir, JSON_NAME),
                             json.dumps(report.to_jsonable(result), indent=1))
-  records.atomic_write_text(os.path.join(out_dir, MD_NAME), render_markdown(result))
+  fileio.atomic_write_text(os.path.join(out_dir, MD_NAME), render_markdown(result))
   return result
 
 

@@ -6,6 +6,7 @@ import pathlib
 
 import numpy as np
 
+from vasa_jax import params_io
 from vasa_jax.errors import CheckpointError
 
 
@@ -36,16 +37,15 @@ def export_pipeline(latent_workdir, motion_workdir, out, *, dtype: str = "bfloat
   sampling steps and guidance scales (None: the motion config's) and mouth scale (None: 1)."""
   # pylint: disable=import-outside-toplevel
   from vasa_jax.inference import pipeline
-  from vasa_jax.train import checkpoint
 
-  latent_config, latent_params = checkpoint.load_params(latent_workdir, ema=True)
-  motion_config, motion_params = checkpoint.load_params(motion_workdir, ema=True)
+  latent_config, latent_params = params_io.load_params(latent_workdir, ema=True)
+  motion_config, motion_params = params_io.load_params(motion_workdir, ema=True)
   for cfg, name, want in ((latent_config, latent_workdir, "latent"),
                           (motion_config, motion_workdir, "motion")):
     if cfg is None or cfg.get("stage") != want:
       raise CheckpointError(f"{name} is not a {want} run (its config says stage "
                             f"{None if cfg is None else cfg.get('stage')!r}).")
-  from vasa_jax.data.extract_motion import generator_params
+  from vasa_jax.inference.extract_motion import generator_params
   latent_params = generator_params(latent_params)  # the discriminator is not needed to generate
   stats = motion_stats_for(motion_config)
   out = pipeline.save_pipeline(out, latent_config, latent_params, motion_config, motion_params,

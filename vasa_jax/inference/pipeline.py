@@ -25,8 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.common import SAMPLE_RATE, SAMPLES_PER_FRAME
+from vasa_jax import params_io
+from vasa_jax.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
 from vasa_jax.errors import CheckpointError, VasaInputError
+from vasa_jax.fileio import atomic_write_text
+from vasa_jax.image_ops import to_float_image, to_uint8_image
 
 PIPELINE_FILE = "pipeline.json"
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parent.parent / "assets" / "demo"
@@ -166,7 +169,7 @@ class Pipeline:
 
     @jax.jit
     def encode_portrait(params, img, labels, valid):  # (1, R, R, 3) uint8, (1, 5), (1,)
-      x = img.astype(jnp.float32) / 127.5 - 1.0
+      x = to_float_image(img)
       lat = face.apply({"params": params}, x, method=FaceModel.encode)
       # As in training: the face mesh's pose and mouth (rows are invalid without label_motion).
       z_pose, z_dyn = motion_labels.apply_motion_labels(lat["z_pose"], lat["z_dyn"], labels, valid)
@@ -179,7 +182,7 @@ class Pipeline:
       n = z_pose.shape[0]
       v, zi = broadcast_batch((v_can, z_id), n)
       img = face.apply({"params": params}, v, zi, z_pose, z_dyn, method=FaceModel.render)
-      return jnp.clip(jnp.round((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+      return to_uint8_image(img)
 
     self._encode_portrait, self._render = encode_portrait, render
 
@@ -224,15 +227,14 @@ class Pipeline:
   def prepare_portrait(self, image, *, source: str | None = None) -> Portrait:
     """Reads, crops (as in training) and encodes a portrait once."""
     # pylint: disable=import-outside-toplevel
-    from vasa_jax.data import face_crop, media
-    from vasa_jax.models import motion_labels
+    from vasa_jax.data import face_crop, face_labels, media
 
     if source is None:
       source = str(image) if isinstance(image, (str, os.PathLike)) else "<array>"
     img = media.read_image(image)
     face = face_crop.crop_image(img, self.resolution, source=source)
-    labels, valid = motion_labels.landmark_labels(face.landmarks[None], self.resolution,
-                                                  self._face_cfg)
+    labels, valid = face_labels.landmark_labels(face.landmarks[None], self.resolution,
+                                                self._face_cfg)
     v_can, z_id, z_pose, z_dyn = self._encode_portrait(self.latent_params, face.image[None],
                                                        labels, valid)
     return Portrait(crop=face.image, v_can=v_can, z_id=z_id, z_pose=z_pose, z_dyn=z_dyn)
@@ -424,12 +426,10 @@ def save_pipeline(out_dir, latent_config, latent_params, motion_config, motion_p
   """Writes a self-describing pipeline directory (latent/, motion/, pipeline.json) with the
   default sampling steps and guidance scales (None: the motion config's) and mouth scale
   (None: 1)."""
-  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
-
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  checkpoint.export_params(latent_params, latent_config, out / "latent", dtype=dtype)
-  checkpoint.export_params(motion_params, motion_config, out / "motion", dtype=dtype)
+  params_io.export_params(latent_params, latent_config, out / "latent", dtype=dtype)
+  params_io.export_params(motion_params, motion_config, out / "motion", dtype=dtype)
   meta = {"format": "vasa-jax-pipeline", "version": 1,
           "motion_stats": {"mean": [float(v) for v in motion_stats["mean"]],
                            "std": [float(v) for v in motion_stats["std"]]},
@@ -438,9 +438,7 @@ def save_pipeline(out_dir, latent_config, latent_params, motion_config, motion_p
                              else cfg_audio),
           "cfg_gaze": float(motion_config.diffusion.cfg_gaze if cfg_gaze is None else cfg_gaze),
           "mouth_scale": check_mouth_scale(1.0 if mouth_scale is None else mouth_scale)}
-  tmp = out / (PIPELINE_FILE + ".tmp")
-  tmp.write_text(json.dumps(meta, indent=1))
-  os.replace(tmp, out / PIPELINE_FILE)
+  atomic_write_text(out / PIPELINE_FILE, json.dumps(meta, indent=1))
   return out
 
 
@@ -453,8 +451,6 @@ def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
       compute_dtype, render_batch); the first four default to the values stored with the
       pipeline.
   """
-  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
-
   p = pathlib.Path(path).expanduser() if path is not None else DEFAULT_CHECKPOINT
   meta_path = p / PIPELINE_FILE
   if not meta_path.is_file():
@@ -462,8 +458,8 @@ def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
             if path is None else "pass a directory written by `vasa-jax export`")
     raise CheckpointError(f"No pipeline checkpoint at {p} ({PIPELINE_FILE} not found): {hint}.")
   meta = json.loads(meta_path.read_text())
-  latent_config, latent_params = checkpoint.load_exported(p / "latent")
-  motion_config, motion_params = checkpoint.load_exported(p / "motion")
+  latent_config, latent_params = params_io.load_exported(p / "latent")
+  motion_config, motion_params = params_io.load_exported(p / "motion")
   for k in ("steps", "cfg_audio", "cfg_gaze", "mouth_scale"):  # older directories lack some
     kwargs.setdefault(k, meta.get(k))
   return Pipeline(latent_config, latent_params, motion_config, motion_params,
@@ -489,7 +485,6 @@ def init_motion_params(motion_config, rng):
   """Randomly initialised (boxed) MotionModel parameters for a `configs/motion.py` config."""
   # pylint: disable=import-outside-toplevel
   from vasa_jax.models import motion_dit
-  from vasa_jax.train import motion_task
 
   m, e = motion_config.model, int(motion_config.model.emotion_dim)
   w, k = int(m.window), int(m.context)
@@ -500,7 +495,7 @@ def init_motion_params(motion_config, rng):
            "has_prev": np.zeros((1,), bool), "gaze": np.zeros((1, 2), np.float32),
            "distance": np.zeros((1, 1), np.float32), "emotion": np.zeros((1, e), np.float32),
            "emotion_mask": np.zeros((1,), bool)}
-  cond = motion_task.batch_cond(batch, motion_task.full_masks(batch, w))
+  cond = motion_dit.batch_cond(batch, motion_dit.full_masks(batch, w))
   model = motion_dit.build_motion_model(motion_config)
   return jax.jit(model.init)(rng, jnp.asarray(batch["motion"]), jnp.zeros((1,), jnp.int32),
                              cond)["params"]

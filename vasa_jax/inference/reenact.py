@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from vasa_jax.image_ops import to_float_image, to_uint8_image
 from vasa_jax.inference.pipeline import broadcast_batch
 
 
@@ -26,21 +27,20 @@ def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndar
   from vasa_jax.models import motion_labels as ml  # pylint: disable=import-outside-toplevel
   from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
 
-  to_float = lambda x: x.astype(jnp.float32) / 127.5 - 1.0
   n_drv = driver_crops.shape[0]
   source_labels = ml.no_labels(1) if source_labels is None else source_labels
   driver_labels = ml.no_labels(n_drv) if driver_labels is None else driver_labels
 
   @jax.jit
   def encode_source(params, img, labels, valid):
-    lat = model.apply({"params": params}, to_float(img), method=FaceModel.encode)
+    lat = model.apply({"params": params}, to_float_image(img), method=FaceModel.encode)
     z_pose, z_dyn = ml.apply_motion_labels(lat["z_pose"], lat["z_dyn"], labels, valid)
     v_can = model.apply({"params": params}, lat["v_app"], lat["z_id"], z_pose, z_dyn,
-                        to_float(img), method=FaceModel.canonicalize)
+                        to_float_image(img), method=FaceModel.canonicalize)
     return v_can, lat["z_id"], z_pose, z_dyn
 
   def encode_driver(params, imgs, labels, valid):
-    z_pose, z_dyn = model.apply({"params": params}, to_float(imgs),
+    z_pose, z_dyn = model.apply({"params": params}, to_float_image(imgs),
                                 method=FaceModel.encode_motion)
     return ml.apply_motion_labels(z_pose, z_dyn, labels, valid)
 
@@ -51,7 +51,7 @@ def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndar
     out = model.apply({"params": params}, broadcast_batch(v_can, n),
                       broadcast_batch(z_id, n), z_pose + offset_pose,
                       z_dyn + offset_dyn, method=FaceModel.render)
-    return jnp.clip(jnp.round((out + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    return to_uint8_image(out)
 
   v_can, z_id, z_pose_s, z_dyn_s = encode_source(params, source_crop[None], *source_labels)
   if relative:
@@ -75,8 +75,8 @@ def reenact(checkpoint, source, driving, out, *, relative: bool = False) -> str:
   """Reads the inputs, crops them as in training, renders and writes `out` with the driver's
   audio (when it has any)."""
   # pylint: disable=import-outside-toplevel
-  from vasa_jax.data import face_crop, media
-  from vasa_jax.data.extract_motion import load_face_model
+  from vasa_jax.data import face_crop, face_labels, media
+  from vasa_jax.inference.extract_motion import load_face_model
 
   from vasa_jax.models import layers, motion_labels as ml
 
@@ -88,8 +88,8 @@ def reenact(checkpoint, source, driving, out, *, relative: bool = False) -> str:
   drv = face_crop.crop_clip(video.frames, r, source=str(driving), progress=True)
   # The face mesh's pose and mouth, as in training (all invalid without `label_motion`).
   frames = reenact_frames(model, params, src.image, drv.frames, relative=relative,
-                          source_labels=ml.landmark_labels(src.landmarks[None], r, face_cfg),
-                          driver_labels=ml.landmark_labels(drv.landmarks, r, face_cfg))
+                          source_labels=face_labels.landmark_labels(src.landmarks[None], r, face_cfg),
+                          driver_labels=face_labels.landmark_labels(drv.landmarks, r, face_cfg))
   media.write_video(out, frames, fps=25.0, audio=video.audio, sr=16000)
   print(f"Wrote {out}: {len(frames)} frames")
   return str(out)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.common import N_MELS, ROWS_PER_FRAME, SAMPLES_PER_FRAME
+from vasa_jax.constants import N_MELS, ROWS_PER_FRAME, SAMPLES_PER_FRAME
 from vasa_jax.diffusion import sampler as sampler_lib
 
 # Rows of frame t are centred up to sample 640 t + 560 and span n_fft / 2 = 256 samples around it.

@@ -352,3 +352,11 @@ def as_face_config(config: Any) -> FaceConfig:
   names = {f.name for f in dataclasses.fields(FaceConfig)}
   items = config.items() if hasattr(config, "items") else vars(config).items()
   return FaceConfig(**{k: v for k, v in items if k in names}).validate()
+
+
+def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Cosine similarity along the last axis. Args: a, b (..., D). Returns (...) float32."""
+  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+  a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), eps)
+  b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), eps)
+  return jnp.sum(a * b, axis=-1)

@@ -18,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from vasa_jax import fileio, params_io
 from vasa_jax.data import records
 from vasa_jax.errors import VasaInputError
+from vasa_jax.image_ops import to_float_image
 
 STATS_NAME = "motion_stats.json"
 
@@ -31,9 +33,8 @@ def load_face_model(latent_checkpoint: str | os.PathLike):
     (config, model, params) with `model` a `FaceModel` in float32.
   """
   from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
-  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
 
-  config, params = checkpoint.load_params(latent_checkpoint, ema=True)
+  config, params = params_io.load_params(latent_checkpoint, ema=True)
   if config is None or config.get("stage") != "latent":
     raise VasaInputError(f"{latent_checkpoint} is not a stage 1 (latent) checkpoint; pass the "
                          "workdir of `vasa-jax train --config configs/latent.py:...`.")
@@ -65,7 +66,7 @@ def make_motion_encoder(model, params, batch: int):
 
   @jax.jit
   def encode(params, frames):  # (batch, R, R, 3) uint8
-    img = frames.astype(jnp.float32) / 127.5 - 1.0
+    img = to_float_image(frames)
     return model.apply({"params": params}, img, method=FaceModel.encode_motion)
 
   def run(frames: np.ndarray):
@@ -133,7 +134,7 @@ def extract_motion(latent_checkpoint, shards, out, *, batch: int = 32,
     frames_done += frames.shape[0]
     bar.set_postfix(fps=f"{frames_done / max(time.perf_counter() - t0, 1e-9):.0f}")
   stats = motion_stats(dst)
-  records.atomic_write_text(out / STATS_NAME, json.dumps(stats))
+  fileio.atomic_write_text(out / STATS_NAME, json.dumps(stats))
   seconds = time.perf_counter() - t0
   return {"written": len(todo), "total_clips": len(dst.clips), "frames": frames_done,
           "seconds": seconds, "frames_per_second": frames_done / max(seconds, 1e-9)}
