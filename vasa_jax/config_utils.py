@@ -14,6 +14,7 @@ import pathlib
 import sys
 from typing import Iterable
 
+from etils import epath
 import ml_collections
 
 _CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -145,7 +146,6 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
 
 def save_config(config: ml_collections.ConfigDict, path: str | os.PathLike):
   """Writes the config as JSON atomically (local paths and gs:// alike)."""
-  from etils import epath  # pylint: disable=import-outside-toplevel
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / (path.name + ".tmp")

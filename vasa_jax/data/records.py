@@ -18,6 +18,7 @@ import os
 import pathlib
 from typing import Any, Iterable, Sequence
 
+from array_record.python import array_record_module
 import numpy as np
 from flax import serialization
 from PIL import Image
@@ -139,8 +140,6 @@ def decode_frames(record: dict, indices: Sequence[int]) -> np.ndarray:
 
 def write_shard(path: str | os.PathLike, records: Sequence[dict | bytes]) -> None:
   """Writes records (dicts or already-encoded bytes) to an ArrayRecord file, atomically."""
-  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
-
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
@@ -157,8 +156,6 @@ def write_shard(path: str | os.PathLike, records: Sequence[dict | bytes]) -> Non
 
 def read_record_bytes(shard_path: str | os.PathLike, i: int) -> bytes:
   """Reads the raw bytes of record `i` of one ArrayRecord shard."""
-  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
-
   shard_path = str(shard_path)
   if not os.path.isfile(shard_path):
     raise VasaInputError(f"Shard {shard_path} not found; rerun `vasa-jax preprocess`.")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from vasa_jax.data.face_crop import FaceAnalyzer
 from vasa_jax.errors import NoFaceError, VasaInputError
 
 # MediaPipe face mesh lip contour (FACEMESH_LIPS), clockwise from the image-left mouth corner.
@@ -177,7 +178,6 @@ def self_reenactment_scores(generated_frames, real_frames, analyzer=None) -> dic
   if gen.dtype != np.uint8 or real.dtype != np.uint8:
     raise VasaInputError(f"self-reenactment frames must be uint8, got {gen.dtype} / {real.dtype}.")
   if analyzer is None:
-    from vasa_jax.data.face_crop import FaceAnalyzer
     analyzer = FaceAnalyzer()
   p = psnr(gen, real)
   s = ssim(gen, real)

@@ -44,13 +44,18 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image, ImageDraw
 
 from vasa_jax import fileio
-from vasa_jax.data import records
+from vasa_jax.data import pipelines, records
+from vasa_jax.data.pipelines import ClipSource
 from vasa_jax.eval import report
 from vasa_jax.eval.report import fmt
 from vasa_jax.errors import VasaInputError
 from vasa_jax.image_ops import psnr, ssim, to_float_image, to_uint8_image
+from vasa_jax.inference import extract_motion
+from vasa_jax.inference.extract_motion import resize_frames
+from vasa_jax.models.face_model import FaceModel
 from vasa_jax.models.layers import cosine_similarity
 
 JSON_NAME = "latent_quality.json"
@@ -126,11 +131,14 @@ def select_clips(entries: Sequence[dict], max_clips: int | None, seed: int = 0) 
 
 
 def _val_persons(config, index: records.ClipIndex, val_persons) -> tuple[list[str], list[str]]:
-  """(validation persons present in the shards, configured ones that are missing)."""
-  wanted = list(config.data.get("val_persons", []) or []) if val_persons is None else list(
-      val_persons)
+  """(validation persons present in the shards, configured ones that are missing): the run's
+  own split (`pipelines.split_args`, val_fraction_persons included) unless `val_persons` names
+  them."""
+  kw = pipelines.split_args(config.data) if val_persons is None else {"val_persons": val_persons}
   known = set(index.persons)
-  return sorted(p for p in wanted if p in known), sorted(p for p in wanted if p not in known)
+  missing = sorted(p for p in kw["val_persons"] if p not in known)
+  kw["val_persons"] = [p for p in kw["val_persons"] if p in known]
+  return pipelines.split_persons(index, **kw)[1], missing
 
 
 def plan_pairs(chosen: Sequence[dict], frames_per_clip: int) -> list[tuple]:
@@ -166,7 +174,6 @@ def plan_pairs(chosen: Sequence[dict], frames_per_clip: int) -> list[tuple]:
 def _load_images(index: records.ClipIndex, chosen: Sequence[dict], pairs: Sequence[tuple],
                  resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(source, driver, other) frames of every pair, each (n, R, R, 3) uint8."""
-  from vasa_jax.data.pipelines import ClipSource  # pylint: disable=import-outside-toplevel
   source = ClipSource(index, entries=list(chosen))
   cache: dict[int, dict] = {}
 
@@ -180,7 +187,6 @@ def _load_images(index: records.ClipIndex, chosen: Sequence[dict], pairs: Sequen
       return records.decode_frames(rec, [mirror_of])[0][:, ::-1]
     return records.decode_frames(rec, [f])[0]
 
-  from vasa_jax.inference.extract_motion import resize_frames  # pylint: disable=import-outside-toplevel
   # One pass over the pairs, so the small record cache sees each clip's frames together.
   triples = [(frame(k, s), frame(k, d), frame(j, f, mirror_of=d)) for k, s, d, j, f in pairs]
   return tuple(resize_frames(np.stack(x), resolution) for x in zip(*triples))
@@ -196,8 +202,6 @@ def make_pair_evaluator(model):
     fn returning a dict of (B,) float32 figures (`PAIR_KEYS`) plus `recon` and `cross`
     (B, R, R, 3) uint8 renderings.
   """
-  from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
-
   def apply(params, *args, method):
     return model.apply({"params": params}, *args, method=method)
 
@@ -252,8 +256,6 @@ def _summary(rows: Sequence[dict]) -> dict:
 
 def _evaluate(checkpoint, shards, *, persons, max_clips, frames_per_clip, batch, seed,
               val_persons, both_splits: bool = False, grid_rows: int = 3):
-  from vasa_jax.data import extract_motion  # pylint: disable=import-outside-toplevel
-
   t0 = time.perf_counter()
   config, model, params = extract_motion.load_face_model(checkpoint)
   resolution = int(config.model.resolution)
@@ -433,7 +435,6 @@ GRID_COLUMNS = ("source", "driver", "recon", "other", "cross")
 
 
 def _text(width: int, height: int, text: str) -> np.ndarray:
-  from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
   img = Image.new("RGB", (width, height), (255, 255, 255))
   ImageDraw.Draw(img).text((2, 2), text, fill=(0, 0, 0))
   return np.asarray(img)
@@ -456,7 +457,6 @@ def grid_image(grid) -> np.ndarray:
 
 def write_outputs(result: dict, grid, out) -> pathlib.Path:
   """Writes `latent_quality.json`, `latent_quality.md` and `latent_grid.png` into `out`."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   fileio.atomic_write_text(out / JSON_NAME, json.dumps(report.to_jsonable(result), indent=1))

@@ -23,6 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from vasa_jax.constants import FPS
+from vasa_jax.data import media
+from vasa_jax.data.face_crop import FaceAnalyzer
 from vasa_jax.errors import NoFaceError, VasaInputError
 from vasa_jax.eval import lipsync
 from vasa_jax.fileio import atomic_path, atomic_write_text
@@ -55,8 +57,6 @@ def check_has_audio(paths: Sequence[str]) -> None:
   Args:
     paths: video files.
   """
-  from vasa_jax.data import media
-
   missing = [p for p in paths if not media.probe(p).has_audio]
   if missing:
     raise VasaInputError(
@@ -288,7 +288,6 @@ def run(videos: Sequence, real: Sequence = (), out_dir=".", *, analyzer=None,
   out_dir = os.fspath(out_dir)
   os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
   if analyzer is None:
-    from vasa_jax.data.face_crop import FaceAnalyzer
     analyzer = FaceAnalyzer()
   names = _unique_names(videos + real)
   generated = [_evaluate(p, n, "generated", analyzer, max_seconds, max_lag)

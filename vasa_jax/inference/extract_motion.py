@@ -16,12 +16,15 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from vasa_jax import fileio, params_io
 from vasa_jax.data import records
 from vasa_jax.errors import VasaInputError
 from vasa_jax.image_ops import to_float_image
+from vasa_jax.models import motion_labels
+from vasa_jax.models.face_model import FaceModel
 
 STATS_NAME = "motion_stats.json"
 
@@ -32,8 +35,6 @@ def load_face_model(latent_checkpoint: str | os.PathLike):
   Returns:
     (config, model, params) with `model` a `FaceModel` in float32.
   """
-  from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
-
   config, params = params_io.load_params(latent_checkpoint, ema=True)
   if config is None or config.get("stage") != "latent":
     raise VasaInputError(f"{latent_checkpoint} is not a stage 1 (latent) checkpoint; pass the "
@@ -52,7 +53,6 @@ def pin_labels(model_config, rec: dict, z_pose: np.ndarray, z_dyn: np.ndarray):
   z_pose, z_dyn = np.asarray(z_pose, np.float32), np.asarray(z_dyn, np.float32)
   if not model_config.get("label_motion", False) or "head_pose" not in rec:
     return z_pose, z_dyn
-  from vasa_jax.models import motion_labels  # pylint: disable=import-outside-toplevel
   labels, valid = motion_labels.motion_labels(rec["head_pose"], rec["face_scale"],
                                               rec["mouth_open"], model_config)
   z_pose, z_dyn = motion_labels.apply_motion_labels(
@@ -62,8 +62,6 @@ def pin_labels(model_config, rec: dict, z_pose: np.ndarray, z_dyn: np.ndarray):
 
 def make_motion_encoder(model, params, batch: int):
   """A jitted function (n, R, R, 3) uint8 -> (z_pose (n, 6), z_dyn (n, Dz)), in fixed batches."""
-  from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
-
   @jax.jit
   def encode(params, frames):  # (batch, R, R, 3) uint8
     img = to_float_image(frames)
@@ -87,7 +85,6 @@ def resize_frames(frames: np.ndarray, resolution: int) -> np.ndarray:
   """(T, H, H, 3) uint8 -> (T, R, R, 3), LANCZOS (returned as is at R)."""
   if frames.shape[1] == resolution:
     return frames
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   return np.stack([np.asarray(Image.fromarray(f).resize((resolution, resolution),
                                                         Image.Resampling.LANCZOS))
                    for f in frames])

@@ -21,15 +21,22 @@ import pathlib
 import time
 from typing import Any, Iterable, Iterator
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vasa_jax import params_io
-from vasa_jax.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
+from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from vasa_jax.data import face_crop, face_labels, media
+from vasa_jax.diffusion import sampler as sampler_lib
 from vasa_jax.errors import CheckpointError, VasaInputError
 from vasa_jax.fileio import atomic_write_text
 from vasa_jax.image_ops import to_float_image, to_uint8_image
+from vasa_jax.inference.streaming import SAMPLE_LOOKAHEAD
+from vasa_jax.models import layers, motion_dit, motion_labels
+from vasa_jax.models.face_model import FaceModel
+from vasa_jax.models.layers import fast_init_key
 
 PIPELINE_FILE = "pipeline.json"
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parent.parent / "assets" / "demo"
@@ -123,11 +130,6 @@ class Pipeline:
                cfg_gaze: float | None = None, pose_mode: str = "relative",
                compute_dtype: str = "float32", render_batch: int = 0,
                mouth_scale: float | None = None):
-    # pylint: disable=import-outside-toplevel
-    from vasa_jax.diffusion import sampler as sampler_lib
-    from vasa_jax.models import layers, motion_dit, motion_labels
-    from vasa_jax.models.face_model import FaceModel
-
     if pose_mode not in ("relative", "absolute"):
       raise ValueError(f"pose_mode must be 'relative' or 'absolute', got {pose_mode!r}")
     self.latent_config, self.motion_config = latent_config, motion_config
@@ -204,7 +206,6 @@ class Pipeline:
     fps, plus the 176 samples (11 ms) the last frame's log-mel rows reach past it; with a source
     that delivers `chunk_samples` at a time, rounded up to whole chunks.
     """
-    from vasa_jax.inference.streaming import SAMPLE_LOOKAHEAD  # pylint: disable=import-outside-toplevel
     frames = (first_window or self.window) + self.audio_lookahead
     need = frames * SAMPLES_PER_FRAME + SAMPLE_LOOKAHEAD
     if chunk_samples:
@@ -226,9 +227,6 @@ class Pipeline:
 
   def prepare_portrait(self, image, *, source: str | None = None) -> Portrait:
     """Reads, crops (as in training) and encodes a portrait once."""
-    # pylint: disable=import-outside-toplevel
-    from vasa_jax.data import face_crop, face_labels, media
-
     if source is None:
       source = str(image) if isinstance(image, (str, os.PathLike)) else "<array>"
     img = media.read_image(image)
@@ -311,7 +309,7 @@ class Pipeline:
       mouth_scale: gain on the mouth opening's departure from the portrait's (default: the
         pipeline's; 1 = as sampled).
       seed: random seed (same seed, same video).
-      sample_rate: the rate of an audio array (default 16000).
+      sample_rate: the rate of an audio array (default SAMPLE_RATE).
       progress: show a progress bar over windows.
 
     Returns:
@@ -323,7 +321,7 @@ class Pipeline:
 
     t0 = time.perf_counter()
     mouth_scale = self._mouth_scale(mouth_scale)  # checked before any slow work
-    wav = media.read_audio(audio, sr=16000, orig_sr=sample_rate or 16000)
+    wav = media.read_audio(audio, sr=SAMPLE_RATE, orig_sr=sample_rate or SAMPLE_RATE)
     portrait = image if isinstance(image, Portrait) else self.prepare_portrait(image)
     t1 = time.perf_counter()
     num_frames = audio_features.frames_for_audio(wav.shape[0])
@@ -367,7 +365,7 @@ class Pipeline:
     bar.close()
     t2 = time.perf_counter()
     return GenerationResult(
-        frames=frames, fps=25.0, audio=wav, sample_rate=16000,
+        frames=frames, fps=float(FPS), audio=wav, sample_rate=SAMPLE_RATE,
         motion=np.concatenate(motions),
         timings={"prepare_s": t1 - t0, "generate_s": t2 - t1,
                  "fps": num_frames / max(t2 - t1, 1e-9)})
@@ -468,11 +466,6 @@ def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
 
 def init_random_params(latent_config, motion_config, seed: int = 0):
   """Randomly initialised (unboxed) stage 1 and stage 2 parameters, for tests and benchmarks."""
-  # pylint: disable=import-outside-toplevel
-  import flax.linen as nn
-  from vasa_jax.models.face_model import FaceModel
-  from vasa_jax.models.layers import fast_init_key
-
   r = int(latent_config.model.resolution)
   img = jnp.zeros((1, r, r, 3), jnp.float32)
   k_lat, k_mot = jax.random.split(fast_init_key(jax.random.key(seed)))
@@ -483,9 +476,6 @@ def init_random_params(latent_config, motion_config, seed: int = 0):
 
 def init_motion_params(motion_config, rng):
   """Randomly initialised (boxed) MotionModel parameters for a `configs/motion.py` config."""
-  # pylint: disable=import-outside-toplevel
-  from vasa_jax.models import motion_dit
-
   m, e = motion_config.model, int(motion_config.model.emotion_dim)
   w, k = int(m.window), int(m.context)
   batch = {"motion": np.zeros((1, w, int(m.motion_dim)), np.float32),

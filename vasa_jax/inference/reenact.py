@@ -10,8 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from vasa_jax.constants import FPS, SAMPLE_RATE
+from vasa_jax.data import face_crop, face_labels, media
 from vasa_jax.image_ops import to_float_image, to_uint8_image
+from vasa_jax.inference.extract_motion import load_face_model
 from vasa_jax.inference.pipeline import broadcast_batch
+from vasa_jax.models import layers, motion_labels as ml
+from vasa_jax.models.face_model import FaceModel
 
 
 def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndarray, *,
@@ -24,9 +29,6 @@ def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndar
   `source_labels` ((1, 5), (1,)) and `driver_labels` ((T, 5), (T,)) are (labels, valid) of
   `motion_labels` for a model with `label_motion` (None: the encoder's own motion).
   """
-  from vasa_jax.models import motion_labels as ml  # pylint: disable=import-outside-toplevel
-  from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
-
   n_drv = driver_crops.shape[0]
   source_labels = ml.no_labels(1) if source_labels is None else source_labels
   driver_labels = ml.no_labels(n_drv) if driver_labels is None else driver_labels
@@ -74,22 +76,17 @@ def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndar
 def reenact(checkpoint, source, driving, out, *, relative: bool = False) -> str:
   """Reads the inputs, crops them as in training, renders and writes `out` with the driver's
   audio (when it has any)."""
-  # pylint: disable=import-outside-toplevel
-  from vasa_jax.data import face_crop, face_labels, media
-  from vasa_jax.inference.extract_motion import load_face_model
-
-  from vasa_jax.models import layers, motion_labels as ml
 
   config, model, params = load_face_model(checkpoint)
   r = int(config.model.resolution)
   face_cfg = layers.as_face_config(config.model)
   src = face_crop.crop_image(media.read_image(source), r, source=str(source))
-  video = media.read_video(driving, fps=25.0, max_side=640)
+  video = media.read_video(driving, fps=float(FPS), max_side=640)
   drv = face_crop.crop_clip(video.frames, r, source=str(driving), progress=True)
   # The face mesh's pose and mouth, as in training (all invalid without `label_motion`).
   frames = reenact_frames(model, params, src.image, drv.frames, relative=relative,
                           source_labels=face_labels.landmark_labels(src.landmarks[None], r, face_cfg),
                           driver_labels=face_labels.landmark_labels(drv.landmarks, r, face_cfg))
-  media.write_video(out, frames, fps=25.0, audio=video.audio, sr=16000)
+  media.write_video(out, frames, fps=float(FPS), audio=video.audio, sr=SAMPLE_RATE)
   print(f"Wrote {out}: {len(frames)} frames")
   return str(out)

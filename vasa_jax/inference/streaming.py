@@ -36,7 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vasa_jax.constants import N_MELS, ROWS_PER_FRAME, SAMPLES_PER_FRAME
+from vasa_jax.data.audio_features import frames_for_audio, log_mel
 from vasa_jax.diffusion import sampler as sampler_lib
+from vasa_jax.models.motion_dit import make_apply_fns
 
 # Rows of frame t are centred up to sample 640 t + 560 and span n_fft / 2 = 256 samples around it.
 SAMPLE_LOOKAHEAD = 176
@@ -141,8 +143,6 @@ class MotionStream:
     self._feats = np.concatenate([self._feats, frames], 0)
 
   def _add_samples(self, samples: np.ndarray, final: bool):
-    from vasa_jax.data.audio_features import frames_for_audio, log_mel  # numpy only
-
     self._samples = np.concatenate([self._samples, samples])
     total = self._sample_start + self._samples.size
     if final:
@@ -246,8 +246,6 @@ def make_stream(model, params, config, controls: dict, rng: jax.Array, *,
   Returns:
     The stream.
   """
-  from vasa_jax.models.motion_dit import make_apply_fns  # pylint: disable=import-outside-toplevel
-
   denoise_fn, encode_fn = make_apply_fns(model)
   window_fn = sample_window_fn or sampler_lib.make_sample_window(denoise_fn, config, steps=steps,
                                                                  sampler=sampler)

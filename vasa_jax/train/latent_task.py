@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from jax.experimental import multihost_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vasa_jax.data import pipelines
 from vasa_jax.errors import VasaInputError
 from vasa_jax.image_ops import to_float_image, to_uint8_image
 from vasa_jax.models import layers
@@ -310,13 +312,11 @@ class LatentTask:
 
   def make_dataset(self, split: str, process_index: int, process_count: int):
     """Host-local batches {source, driver, driver2, other} from `vasa_jax.data.pipelines`."""
-    from vasa_jax.data import pipelines  # pylint: disable=import-outside-toplevel
     return pipelines.make_dataset(self.config, split, process_index, process_count)
 
 
 def _host(x) -> np.ndarray:
   """Array (possibly sharded over hosts) -> numpy on this host."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))

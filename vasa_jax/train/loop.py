@@ -16,6 +16,7 @@ import time
 from typing import Any, Sequence
 
 import flax.linen as nn
+from jax.experimental import multihost_utils
 import jax
 from etils import epath
 import jax.numpy as jnp
@@ -296,7 +297,6 @@ def _past(deadline: float | None, process_count: int) -> bool:
     return False
   past = time.perf_counter() >= deadline
   if process_count > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     past = bool(multihost_utils.broadcast_one_to_all(np.bool_(past)))
   return past
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vasa_jax.data import pipelines
 from vasa_jax.diffusion import schedule as schedule_lib
 from vasa_jax.models import motion_labels
 from vasa_jax.models.motion_dit import batch_cond, build_motion_model, full_masks
@@ -121,8 +122,6 @@ class MotionTask:
 
   def make_dataset(self, split: str, process_index: int, process_count: int):
     """Host-local grain batches of stage 2 windows (`vasa_jax.data.pipelines`)."""
-    from vasa_jax.data import pipelines  # pylint: disable=import-outside-toplevel
-
     return pipelines.make_dataset(self.config, split, process_index, process_count)
 
   def sample_images(self, state: TrainState, batch):
