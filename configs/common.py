@@ -3,8 +3,9 @@ import ml_collections
 
 from vasa_jax.config_utils import parse_arg  # noqa: F401  (re-exported for recipes)
 # Audio/video timing is a library fact; recipes read it from here.
-from vasa_jax.constants import (FPS, MEL_HOP, MEL_NFFT, MEL_WIN, N_MELS,  # noqa: F401
-                                ROWS_PER_FRAME, SAMPLE_RATE, SAMPLES_PER_FRAME)
+from vasa_jax.constants import (CFG_AUDIO, CFG_GAZE, FPS, MEL_HOP, MEL_NFFT,  # noqa: F401
+                                MEL_WIN, N_MELS, ROWS_PER_FRAME, SAMPLE_RATE,
+                                SAMPLES_PER_FRAME)
 
 # z_pose is explicit and interpretable: yaw, pitch, roll (radians), tx, ty (normalised image
 # units), log scale (a head-to-camera distance proxy).
@@ -30,8 +31,6 @@ LOGICAL_AXIS_RULES = (
     ("time", None),
     ("conv_in", None),
     ("conv_out", "tensor"),
-    ("channels", "fsdp"),
-    ("spatial", None),
     ("depth", None),
     ("kernel", None),
     ("kernel_d", None),
@@ -39,7 +38,6 @@ LOGICAL_AXIS_RULES = (
     ("kernel_w", None),
     ("norm", None),
     ("latent", None),
-    ("vocab", None),
 )
 
 

@@ -22,8 +22,6 @@ def get_config(arg=None):
   config.inference = ml_collections.ConfigDict()
   # Paper default is 50 DDIM steps; 10 is ~5x faster with better sync but calmer heads.
   config.inference.steps = arg.steps or (10 if arg.variant != "base" else 50)
-  config.inference.cfg_audio = 0.5
-  config.inference.cfg_gaze = 1.0
   config.inference.compute_dtype = "float32" if arg.variant != "base" else "bfloat16"
   config.inference.render_batch = 0  # frames per decoder call; 0 = one window (W frames)
   return config

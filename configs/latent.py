@@ -45,7 +45,6 @@ def model_config(variant):
   m.disc_scales = s["disc_scales"]
   m.disc_layers = 3
   m.groups = 4 if variant == "tiny" else 8  # GroupNorm groups
-  m.spectral_norm = False
   m.weight_std = False  # weight standardisation in the generator convs (MegaPortraits)
   # Warp the source image in 2D besides the volume (see `FaceDecoder`): sharp output after a
   # short CPU run. The paper-scale `base` keeps MegaPortraits' pure volume rendering.

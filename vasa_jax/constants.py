@@ -10,3 +10,8 @@ MEL_WIN = 400
 MEL_NFFT = 512
 N_MELS = 80
 ROWS_PER_FRAME = SAMPLES_PER_FRAME // MEL_HOP  # 4
+
+# VASA-1's classifier-free guidance scales (audio, gaze): the defaults of the sampler, the stream
+# and `configs/motion.py` (a pipeline stores its own in pipeline.json).
+CFG_AUDIO = 0.5
+CFG_GAZE = 1.0

@@ -20,7 +20,8 @@ def default_portrait() -> np.ndarray:
 
 
 def resolve_inputs(args):
-  """(image, image_name, audio, audio_name) with the bundled defaults filled in."""
+  """(image, image_name, audio): the inputs with the bundled defaults filled in, checked to
+  exist (and the --out directory too) before any model loads."""
   from vasa_jax.errors import VasaInputError  # pylint: disable=import-outside-toplevel
 
   image, image_name = (args.image, args.image) if args.image else (

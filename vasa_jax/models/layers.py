@@ -307,7 +307,6 @@ class FaceConfig:
   disc_scales: int = 2
   disc_layers: int = 3
   groups: int = 4
-  spectral_norm: bool = False
   weight_std: bool = False
   # Warp the source image itself in 2D (flow projected from the 3D warps) and let G2D paint
   # only what the warp cannot show (an occlusion mask blends the two). Not in MegaPortraits:
@@ -339,9 +338,6 @@ class FaceConfig:
     if self.z_pose_dim != 6:
       raise ValueError(f"config.model.z_pose_dim must be 6 (yaw, pitch, roll, tx, ty, log "
                        f"scale), got {self.z_pose_dim}")
-    if self.spectral_norm:
-      raise ValueError("config.model.spectral_norm=True is not implemented; set it to False "
-                       "(weight_std=True gives MegaPortraits' other conv regulariser)")
     return self
 
 

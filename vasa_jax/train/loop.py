@@ -258,7 +258,8 @@ def _check_finite(first_bad, checkpointer):
             if last is not None else "no checkpoint was written yet")
     raise NonFiniteLossError(
         f"Loss became NaN/inf at step {bad}; stopped without saving the bad state, {kept}. "
-        "Lower --config.optim.lr, enable --config.optim.grad_clip or check the input data.")
+        "Lower --config.optim.lr (or the gradient clip, --config.optim.grad_clip) or check the "
+        "input data.")
 
 
 def _save_png(image: np.ndarray, path: epath.Path):
