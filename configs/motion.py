@@ -43,8 +43,13 @@ def get_config(arg=None):
   config.data.val_persons = list(common.DEMO_VAL_PERSONS) if variant == "demo" else []
   config.data.worker_count = 0
   config.data.shuffle_seed = 0
-  config.data.window = s["window"]  # W frames generated per window
-  config.data.context = s["context"]  # K previous frames conditioning the window
+  # W frames generated per window and K previous frames conditioning it: one value each, shared
+  # by the data pipeline and the model (`--config.data.window=32` changes both, and so what the
+  # exported pipeline samples).
+  window = ml_collections.FieldReference(s["window"])
+  context = ml_collections.FieldReference(s["context"])
+  config.data.window = window
+  config.data.context = context
   # Random recording-channel changes of the training audio (`pipelines.augment_log_mel`): the
   # demo's stage 2 otherwise learns its few hundred clips by heart.
   config.data.audio_augment = variant != "tiny"
@@ -76,8 +81,8 @@ def get_config(arg=None):
   config.model.audio_attn_past = 4
   config.model.audio_lookahead = 2 if variant == "demo" else 0
   config.model.emotion_dim = 8
-  config.model.window = s["window"]
-  config.model.context = s["context"]
+  config.model.window = window
+  config.model.context = context
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.train_steps = 1000
