@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "window (1..W; default: W); later windows still need W frames each")
 
   p = sub.add_parser("reenact", help="source portrait driven by a video's pose and expressions")
-  p.add_argument("--checkpoint", required=True, help="stage 1 workdir or export")
+  p.add_argument("--checkpoint", help="stage 1 workdir, its export, or a pipeline directory "
+                 "(default: the bundled demo)")
   p.add_argument("--source", required=True, help="source portrait")
   p.add_argument("--driving", required=True, help="driving video")
   p.add_argument("--out", default="reenact.mp4")

@@ -23,6 +23,7 @@ from vasa_jax import fileio, params_io
 from vasa_jax.data import records
 from vasa_jax.errors import VasaInputError
 from vasa_jax.image_ops import to_float_image
+from vasa_jax.inference.pipeline import PIPELINE_FILE
 from vasa_jax.models import motion_labels
 from vasa_jax.models.face_model import FaceModel
 
@@ -30,11 +31,14 @@ STATS_NAME = "motion_stats.json"
 
 
 def load_face_model(latent_checkpoint: str | os.PathLike):
-  """Stage 1 model + params from a training workdir or an export directory.
+  """Stage 1 model + params from a training workdir, an export directory or a pipeline
+  directory (`vasa-jax export`; its `latent/` part).
 
   Returns:
     (config, model, params) with `model` a `FaceModel` in float32.
   """
+  if (pathlib.Path(latent_checkpoint).expanduser() / PIPELINE_FILE).is_file():
+    latent_checkpoint = pathlib.Path(latent_checkpoint).expanduser() / "latent"
   config, params = params_io.load_params(latent_checkpoint, ema=True)
   if config is None or config.get("stage") != "latent":
     raise VasaInputError(f"{latent_checkpoint} is not a stage 1 (latent) checkpoint; pass the "

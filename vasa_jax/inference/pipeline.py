@@ -32,9 +32,9 @@ from vasa_jax.data import face_crop, face_labels, media
 from vasa_jax.diffusion import sampler as sampler_lib
 from vasa_jax.errors import CheckpointError, VasaInputError
 from vasa_jax.fileio import atomic_write_text
-from vasa_jax.image_ops import to_float_image, to_uint8_image
+from vasa_jax.image_ops import to_uint8_image
 from vasa_jax.inference.streaming import SAMPLE_LOOKAHEAD
-from vasa_jax.models import layers, motion_dit, motion_labels
+from vasa_jax.models import face_model, layers, motion_dit, motion_labels
 from vasa_jax.models.face_model import FaceModel
 from vasa_jax.models.layers import fast_init_key
 
@@ -171,13 +171,7 @@ class Pipeline:
 
     @jax.jit
     def encode_portrait(params, img, labels, valid):  # (1, R, R, 3) uint8, (1, 5), (1,)
-      x = to_float_image(img)
-      lat = face.apply({"params": params}, x, method=FaceModel.encode)
-      # As in training: the face mesh's pose and mouth (rows are invalid without label_motion).
-      z_pose, z_dyn = motion_labels.apply_motion_labels(lat["z_pose"], lat["z_dyn"], labels, valid)
-      v_can = face.apply({"params": params}, lat["v_app"], lat["z_id"], z_pose, z_dyn, x,
-                         method=FaceModel.canonicalize)
-      return v_can, lat["z_id"], z_pose, z_dyn
+      return face_model.encode_portrait(face, params, img, labels, valid)
 
     @jax.jit
     def render(params, v_can, z_id, z_pose, z_dyn):  # (1, ...) portrait, (n, 6), (n, Zd)

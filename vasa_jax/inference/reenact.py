@@ -5,6 +5,8 @@ source person making the driver's head movements and expressions.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +16,9 @@ from vasa_jax.constants import FPS, SAMPLE_RATE
 from vasa_jax.data import face_crop, face_labels, media
 from vasa_jax.image_ops import to_float_image, to_uint8_image
 from vasa_jax.inference.extract_motion import load_face_model
-from vasa_jax.inference.pipeline import broadcast_batch
+from vasa_jax.inference.pipeline import DEFAULT_CHECKPOINT, broadcast_batch
 from vasa_jax.models import layers, motion_labels as ml
-from vasa_jax.models.face_model import FaceModel
+from vasa_jax.models.face_model import FaceModel, encode_portrait
 
 
 def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndarray, *,
@@ -33,14 +35,6 @@ def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndar
   source_labels = ml.no_labels(1) if source_labels is None else source_labels
   driver_labels = ml.no_labels(n_drv) if driver_labels is None else driver_labels
 
-  @jax.jit
-  def encode_source(params, img, labels, valid):
-    lat = model.apply({"params": params}, to_float_image(img), method=FaceModel.encode)
-    z_pose, z_dyn = ml.apply_motion_labels(lat["z_pose"], lat["z_dyn"], labels, valid)
-    v_can = model.apply({"params": params}, lat["v_app"], lat["z_id"], z_pose, z_dyn,
-                        to_float_image(img), method=FaceModel.canonicalize)
-    return v_can, lat["z_id"], z_pose, z_dyn
-
   def encode_driver(params, imgs, labels, valid):
     z_pose, z_dyn = model.apply({"params": params}, to_float_image(imgs),
                                 method=FaceModel.encode_motion)
@@ -55,7 +49,9 @@ def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndar
                       z_dyn + offset_dyn, method=FaceModel.render)
     return to_uint8_image(out)
 
-  v_can, z_id, z_pose_s, z_dyn_s = encode_source(params, source_crop[None], *source_labels)
+  # The source is encoded as `Pipeline.prepare_portrait` encodes a portrait.
+  v_can, z_id, z_pose_s, z_dyn_s = jax.jit(functools.partial(encode_portrait, model))(
+      params, source_crop[None], *source_labels)
   if relative:
     z_pose_d0, z_dyn_d0 = jax.jit(encode_driver)(params, driver_crops[:1], driver_labels[0][:1],
                                                  driver_labels[1][:1])
@@ -75,7 +71,15 @@ def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndar
 
 def reenact(checkpoint, source, driving, out, *, relative: bool = False) -> str:
   """Reads the inputs, crops them as in training, renders and writes `out` with the driver's
-  audio (when it has any)."""
+  audio (when it has any).
+
+  Args:
+    checkpoint: a stage 1 training workdir, its export, or a pipeline directory (None: the
+      bundled demo pipeline).
+    source: the portrait; driving: the video whose motion drives it; out: the .mp4 to write.
+    relative: apply the driver's motion as an offset from its first frame.
+  """
+  checkpoint = DEFAULT_CHECKPOINT if checkpoint is None else checkpoint
 
   config, model, params = load_face_model(checkpoint)
   r = int(config.model.resolution)
