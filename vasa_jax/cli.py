@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vasa_jax import __version__
 from vasa_jax.errors import VasaInputError
 
 DEFAULT_OUT = "out.mp4"
@@ -56,6 +57,7 @@ def _add_generation_args(p: argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="vasa-jax", description="Audio-driven talking faces (VASA-1) in JAX.")
+  parser.add_argument("--version", action="version", version=f"vasa-jax {__version__}")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
   p = sub.add_parser("generate", help="portrait + speech -> talking-face mp4")

@@ -17,7 +17,10 @@ a frontal face looking into the camera has gaze (0, 0), and a head with centred 
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from vasa_jax.models import motion_labels
 
@@ -68,13 +71,10 @@ def euler_to_matrix(angles: np.ndarray) -> np.ndarray:
     (..., 3, 3) R = Rz(roll) @ Ry(yaw) @ Rx(pitch), acting on head-frame column vectors.
   """
   angles = np.asarray(angles, np.float64)
-  y, p, r = angles[..., 0], angles[..., 1], angles[..., 2]
-  cy, sy, cp, sp, cr, sr = np.cos(y), np.sin(y), np.cos(p), np.sin(p), np.cos(r), np.sin(r)
-  zero, one = np.zeros_like(y), np.ones_like(y)
-  rz = np.stack([cr, -sr, zero, sr, cr, zero, zero, zero, one], -1).reshape(y.shape + (3, 3))
-  ry = np.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).reshape(y.shape + (3, 3))
-  rx = np.stack([one, zero, zero, zero, cp, -sp, zero, sp, cp], -1).reshape(y.shape + (3, 3))
-  return rz @ ry @ rx
+  # Intrinsic Z-Y-X (capital letters) composes Rz(roll) @ Ry(yaw) @ Rx(pitch).
+  zyx = np.stack([angles[..., 2], angles[..., 0], angles[..., 1]], -1)
+  return Rotation.from_euler("ZYX", zyx.reshape(-1, 3)).as_matrix().reshape(
+      angles.shape[:-1] + (3, 3))
 
 
 def matrix_to_euler(rot: np.ndarray) -> np.ndarray:
@@ -87,10 +87,10 @@ def matrix_to_euler(rot: np.ndarray) -> np.ndarray:
     (..., 3) yaw, pitch, roll in radians.
   """
   rot = np.asarray(rot, np.float64)
-  yaw = np.arcsin(np.clip(-rot[..., 2, 0], -1.0, 1.0))
-  pitch = np.arctan2(rot[..., 2, 1], rot[..., 2, 2])
-  roll = np.arctan2(rot[..., 1, 0], rot[..., 0, 0])
-  return np.stack([yaw, pitch, roll], -1)
+  with warnings.catch_warnings():  # gimbal lock (yaw = +-pi/2): scipy picks pitch 0, as intended
+    warnings.simplefilter("ignore", UserWarning)
+    roll, yaw, pitch = Rotation.from_matrix(rot.reshape(-1, 3, 3)).as_euler("ZYX").T
+  return np.stack([yaw, pitch, roll], -1).reshape(rot.shape[:-2] + (3,))
 
 
 def _check(landmarks: np.ndarray) -> np.ndarray:
