@@ -38,6 +38,17 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def fast_compile():
+  """For modules that check behaviour, not speed: XLA skips most optimisation passes, so each
+  step compiles several times faster (and runs somewhat slower, which tiny shapes do not feel).
+  Opt in with `pytestmark = pytest.mark.usefixtures("fast_compile")`."""
+  before = jax.config.jax_disable_most_optimizations
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
+
+
 @pytest.fixture(scope="session")
 def shared_data():
   """Path to ../shared/data; tests that use it are skipped on machines without it."""
