@@ -14,6 +14,8 @@ from vasa_jax.errors import VasaInputError
 from vasa_jax.train.latent_task import IMAGE_KEYS, LatentTask
 from vasa_jax.train.state import TrainState
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # behaviour, not speed, is checked here
+
 B, R = 2, 64
 GAN_START = 2
 # Tests trade run time for compile time (the step compiles ~2x faster, runs ~1.5x slower).
