@@ -69,5 +69,5 @@ def test_reenact_wrong_path_does_not_advise_training_into_it(tmp_path, capsys):
   cli.main(["reenact", "--checkpoint", str(missing), "--source", "a.png", "--driving", "b.mp4",
             "--out", str(tmp_path / "o.mp4")])
   err = capsys.readouterr().err
-  assert "typo" in err and "Check the path" in err
+  assert "typo" in err and "Check the checkpoint path" in err
   assert f"--workdir {missing}" not in err

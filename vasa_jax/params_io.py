@@ -34,9 +34,9 @@ EXPORT_VERSION = 1
 # ---------------------------------------------------------------------------------------------
 def _missing(path: pathlib.Path, what: str) -> CheckpointError:
   return CheckpointError(
-      f"{what} at {path}. Check the path: pass a training workdir (the --workdir of "
-      "`vasa-jax train`), its checkpoints/ directory, one step directory inside it, or a "
-      "directory written by `vasa-jax export`")
+      f"{what} at {path}. Check the checkpoint path (--checkpoint): pass a training workdir "
+      "(the --workdir of `vasa-jax train`), its checkpoints/ directory, one step directory "
+      "inside it, or a directory written by `vasa-jax export`")
 
 
 def _resolve(path: str | os.PathLike, step: int | None) -> tuple[pathlib.Path, int | None]:
