@@ -14,8 +14,9 @@ import pathlib
 import sys
 from typing import Iterable
 
-from etils import epath
 import ml_collections
+
+from vasa_jax.fileio import atomic_write_text
 
 _CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -146,8 +147,4 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
 
 def save_config(config: ml_collections.ConfigDict, path: str | os.PathLike):
   """Writes the config as JSON atomically (local paths and gs:// alike)."""
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(config_to_json(config))
-  tmp.replace(path)
+  atomic_write_text(path, config_to_json(config))

@@ -9,6 +9,8 @@ import contextlib
 import os
 import tempfile
 
+from etils import epath
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp"):
@@ -36,7 +38,18 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp"):
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-  """Writes `data` to `path` atomically (parents created), flushed to disk before the rename."""
+  """Writes `data` to `path` atomically (parents created), flushed to disk before the rename.
+
+  `path` may be a URL such as gs://bucket/... (a run's workdir): etils.epath writes a temporary
+  object beside it and renames it, as the local path does.
+  """
+  if "://" in str(path):
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
       f.write(data)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from vasa_jax import config_utils
 from vasa_jax.errors import VasaInputError
+from vasa_jax.fileio import atomic_write_bytes
 from vasa_jax.train import checkpoint as ckpt_lib
 from vasa_jax.train import distributed
 from vasa_jax.train import optim
@@ -263,12 +264,9 @@ def _check_finite(first_bad, checkpointer):
 
 
 def _save_png(image: np.ndarray, path: epath.Path):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / (path.name + ".tmp")
   buf = io.BytesIO()
   Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
-  tmp.write_bytes(buf.getvalue())
-  tmp.replace(path)
+  atomic_write_bytes(path, buf.getvalue())
 
 
 def _is_local(path: epath.Path) -> bool:
