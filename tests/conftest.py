@@ -43,7 +43,7 @@ def fast_compile():
   """For modules that check behaviour, not speed: XLA skips most optimisation passes, so each
   step compiles several times faster (and runs somewhat slower, which tiny shapes do not feel).
   Opt in with `pytestmark = pytest.mark.usefixtures("fast_compile")`."""
-  before = jax.config.jax_disable_most_optimizations
+  before = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", before)
