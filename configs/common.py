@@ -2,16 +2,10 @@
 import ml_collections
 
 from vasa_jax.config_utils import parse_arg  # noqa: F401  (re-exported for recipes)
-
-# Video and audio timing: 25 fps video, 16 kHz audio, 10 ms mel hop -> 4 feature rows per frame.
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
-MEL_HOP = 160
-MEL_WIN = 400
-MEL_NFFT = 512
-N_MELS = 80
-ROWS_PER_FRAME = SAMPLES_PER_FRAME // MEL_HOP  # 4
+# Audio/video timing is a library fact; recipes read it from here.
+from vasa_jax.constants import (CFG_AUDIO, CFG_GAZE, FPS, MEL_HOP, MEL_NFFT,  # noqa: F401
+                                MEL_WIN, N_MELS, ROWS_PER_FRAME, SAMPLE_RATE,
+                                SAMPLES_PER_FRAME)
 
 # z_pose is explicit and interpretable: yaw, pitch, roll (radians), tx, ty (normalised image
 # units), log scale (a head-to-camera distance proxy).
@@ -37,8 +31,6 @@ LOGICAL_AXIS_RULES = (
     ("time", None),
     ("conv_in", None),
     ("conv_out", "tensor"),
-    ("channels", "fsdp"),
-    ("spatial", None),
     ("depth", None),
     ("kernel", None),
     ("kernel_d", None),
@@ -46,7 +38,6 @@ LOGICAL_AXIS_RULES = (
     ("kernel_w", None),
     ("norm", None),
     ("latent", None),
-    ("vocab", None),
 )
 
 

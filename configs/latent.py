@@ -16,8 +16,7 @@ _SIZES = {
     "tiny": dict(resolution=64, app_channels=8, app_depth=4, app_size=16, enc_width=16,
                  z_id_dim=32, z_dyn_dim=16, dec_width=32, g2d_blocks=1, disc_width=16,
                  disc_scales=2, batch_size=4),
-    # demo: a 16x16 volume grid keeps the 3D part ~4x cheaper than 32x32 (measured on the
-    # 2-core CPU: 0.5 s vs 2.2 s for a batch-8 reconstruction forward + backward at 128x128).
+    # demo: a 16x16 volume grid keeps the 3D part cheap on a CPU (docs/training.md).
     "demo": dict(resolution=128, app_channels=16, app_depth=8, app_size=16, enc_width=16,
                  z_id_dim=64, z_dyn_dim=32, dec_width=64, g2d_blocks=1, disc_width=32,
                  disc_scales=2, batch_size=8),
@@ -45,7 +44,6 @@ def model_config(variant):
   m.disc_scales = s["disc_scales"]
   m.disc_layers = 3
   m.groups = 4 if variant == "tiny" else 8  # GroupNorm groups
-  m.spectral_norm = False
   m.weight_std = False  # weight standardisation in the generator convs (MegaPortraits)
   # Warp the source image in 2D besides the volume (see `FaceDecoder`): sharp output after a
   # short CPU run. The paper-scale `base` keeps MegaPortraits' pure volume rendering.

@@ -14,9 +14,7 @@ from configs import latent
 _SIZES = {
     "tiny": dict(layers=2, width=64, heads=4, audio_width=64, audio_layers=1, window=16,
                  context=4, batch_size=8),
-    # demo batch 64: on 8 training people held out of stage 2, the generated mouth moves 0.72x
-    # as much as their real mouths at 64 against 0.55x at 16, with sync 0.42 against 0.45 (both
-    # with audio_lookahead 2, 3 sampling seeds).
+    # demo batch 64: more mouth motion than 16 at about the same sync (docs/training.md).
     "demo": dict(layers=4, width=256, heads=4, audio_width=128, audio_layers=2, window=50,
                  context=10, batch_size=64),
     "base": dict(layers=8, width=512, heads=8, audio_width=512, audio_layers=4, window=50,
@@ -43,8 +41,13 @@ def get_config(arg=None):
   config.data.val_persons = list(common.DEMO_VAL_PERSONS) if variant == "demo" else []
   config.data.worker_count = 0
   config.data.shuffle_seed = 0
-  config.data.window = s["window"]  # W frames generated per window
-  config.data.context = s["context"]  # K previous frames conditioning the window
+  # W frames generated per window and K previous frames conditioning it: one value each, shared
+  # by the data pipeline and the model (`--config.data.window=32` changes both, and so what the
+  # exported pipeline samples).
+  window = ml_collections.FieldReference(s["window"])
+  context = ml_collections.FieldReference(s["context"])
+  config.data.window = window
+  config.data.context = context
   # Random recording-channel changes of the training audio (`pipelines.augment_log_mel`): the
   # demo's stage 2 otherwise learns its few hundred clips by heart.
   config.data.audio_augment = variant != "tiny"
@@ -68,24 +71,21 @@ def get_config(arg=None):
   config.model.audio_layers = s["audio_layers"]
   # Mel encoder receptive field (frames): each attention layer sees `audio_attn_past` past frames;
   # `audio_lookahead` future frames (0 = causal; streaming latency grows by this much). Lips
-  # move ahead of the sound they make; with 2 frames (80 ms) of look-ahead the demo's generated
-  # mouth follows the speech of people held out of stage 2 with detrended sync 0.45 against
-  # 0.35 without, and moves 0.55x as much as their real mouths against 0.37x (`eval-motion`,
-  # 3 seeds; 1 frame: 0.43 / 0.48x; 3: 0.45 / 0.57x but leads the sound by 1.9 frames). `base`
+  # move ahead of the sound they make: the demo uses 2 frames (80 ms; docs/training.md), `base`
   # keeps 0 for the lowest streaming latency (docs/benchmarks.md).
   config.model.audio_attn_past = 4
   config.model.audio_lookahead = 2 if variant == "demo" else 0
   config.model.emotion_dim = 8
-  config.model.window = s["window"]
-  config.model.context = s["context"]
+  config.model.window = window
+  config.model.context = context
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.train_steps = 1000
   config.diffusion.schedule = "cosine"
   config.diffusion.sampler = "ddim"  # ddim | ddpm
   config.diffusion.sample_steps = 50
-  config.diffusion.cfg_audio = 0.5
-  config.diffusion.cfg_gaze = 1.0
+  config.diffusion.cfg_audio = common.CFG_AUDIO
+  config.diffusion.cfg_gaze = common.CFG_GAZE
   config.diffusion.p_drop_audio = 0.1
   config.diffusion.p_drop_gaze = 0.1
   config.diffusion.p_drop_distance = 0.1
@@ -105,10 +105,7 @@ def get_config(arg=None):
   config.optim = common.optim_config(lr=lr, min_lr=1e-6,
                                      warmup=10 if variant == "tiny" else 500,
                                      ema_decay=0.0 if variant == "tiny" else 0.999)
-  # demo: on held-out people the mouth follows the speech best after ~1500 steps and loses it
-  # with more (`vasa-jax eval-motion`, detrended sync: 0.37 at 1500 steps, 0.28 at 3000; without
-  # the audio augmentation 0.32 and 0.17, and 0.15 at 5000; measured at batch 16 without
-  # look-ahead).
+  # demo: 1500 steps, where held-out lip sync peaks (docs/training.md).
   steps = {"tiny": 50, "demo": 1500, "base": 500_000}[variant]
   config.train = common.train_config(
       num_steps=steps, batch_size=s["batch_size"], log_every=5 if variant == "tiny" else 50,

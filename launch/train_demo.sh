@@ -17,21 +17,19 @@ vasa=${VASA_JAX:-vasa-jax}
 mkdir -p "$work"
 $vasa preprocess --input "$data/clips" "$data/silent" --persons "$data/manifest.csv" \
     --resolution 128 --out "$work/data128"
-# Stage 1 in the three legs that made the bundled checkpoint (each resumes the last): the
-# mouth-region L1 and the dynamics swap (configs/latent.py) came in after the first leg.
-latent=(--config configs/latent.py:demo --workdir "$work/latent_demo"
-        --config.data.shards="$work/data128")
-$vasa train "${latent[@]}" --config.train.num_steps=1200 --config.loss.dyn_swap=0 \
-    --config.loss.mouth_l1=0
-$vasa train "${latent[@]}" --config.train.num_steps=2100 --config.loss.mouth_l1=0
-$vasa train "${latent[@]}" --config.train.num_steps=3000 --config.optim.lr=6e-4
+# Stage 1 in the three legs that made the first bundled checkpoint (each resumes the last;
+# configs/demo_recipe.py latent_cpu_1..3): the mouth-region L1 and the dynamics swap came in
+# after the first leg.
+latent=(--workdir "$work/latent_demo" --config.data.shards="$work/data128")
+$vasa train --config configs/demo_recipe.py:latent_cpu_1 "${latent[@]}"
+$vasa train --config configs/demo_recipe.py:latent_cpu_2 "${latent[@]}"
+$vasa train --config configs/demo_recipe.py:latent_cpu_3 "${latent[@]}"
 $vasa extract-motion --latent-checkpoint "$work/latent_demo" --shards "$work/data128" \
     --out "$work/motion_data"
 # Stage 2: 1500 steps with the audio augmentation, at that checkpoint's batch 16 without audio
 # look-ahead (the demo defaults have since become batch 64 and 2 frames, configs/motion.py).
-$vasa train --config configs/motion.py:demo --workdir "$work/motion_demo" \
-    --config.data.motion="$work/motion_data" --config.train.batch_size=16 \
-    --config.model.audio_lookahead=0
+$vasa train --config configs/demo_recipe.py:motion_cpu --workdir "$work/motion_demo" \
+    --config.data.motion="$work/motion_data"
 # Audio guidance 1.5: the scale at which the sampled mouth varies as much as the TRAINING
 # people's own mouths (0.45 vs 0.41 in normalised units; 0.5, the paper's, gives 0.23).
 # Mouth scale 4: stage 1 renders only about a fifth of a change of the mouth entry, so the

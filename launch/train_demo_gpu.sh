@@ -31,25 +31,19 @@ if [ "$stage" != 2 ]; then
   [ -f "$work/slim/index.json" ] || $vasa slim-shards --shards "$work/data128" \
       --out "$work/slim" --every 3 --quality 80 \
       --exclude-persons "${val[@]}"
-  latent=(--config configs/latent.py:demo --workdir "$work/latent"
-          --config.data.shards="$work/slim" --config.data.val_persons=[]
-          --config.model.app_size=32 --config.train.batch_size=32 --config.optim.lr=3e-4
-          --config.data.worker_count=12 --config.train.sample_every=0
-          --config.train.ckpt_every=500 --config.train.log_every=25)
-  # Three legs, as the bundled run went (its legs were time-boxed; these are the steps they
-  # reached). Leg 1 learns reconstruction under a flat rate, without the mouth-region L1 and
-  # the dynamics swap; legs 2 and 3 add them, each decaying to its own end.
-  $vasa train "${latent[@]}" --config.train.num_steps=100000 --max-steps 2900 \
-      --config.loss.dyn_swap=0 --config.loss.mouth_l1=0
-  $vasa train "${latent[@]}" --config.train.num_steps=7403 --max-steps 7075
-  $vasa train "${latent[@]}" --config.train.num_steps=11800 --max-steps 11250
+  # Three legs, as the bundled run went (configs/demo_recipe.py: latent_gpu_1..3 hold the
+  # recipe; its legs were time-boxed and --max-steps are the steps they reached).
+  latent=(--workdir "$work/latent" --config.data.shards="$work/slim")
+  $vasa train --config configs/demo_recipe.py:latent_gpu_1 "${latent[@]}" --max-steps 2900
+  $vasa train --config configs/demo_recipe.py:latent_gpu_2 "${latent[@]}" --max-steps 7075
+  $vasa train --config configs/demo_recipe.py:latent_gpu_3 "${latent[@]}" --max-steps 11250
 fi
 if [ "$stage" != 1 ]; then
   [ -f "$work/motion_data/index.json" ] || $vasa extract-motion \
       --latent-checkpoint "$work/latent" --shards "$work/data128" --out "$work/motion_data"
   # Stage 2: 1500 steps of batch 64 with the audio augmentation and 2 frames of audio
   # look-ahead (configs/motion.py demo defaults).
-  $vasa train --config configs/motion.py:demo --workdir "$work/motion" \
+  $vasa train --config configs/demo_recipe.py:motion --workdir "$work/motion" \
       --config.data.motion="$work/motion_data"
   # The same recipe with 8 more training people held out (configs/common.DEMO_DEV_PERSONS):
   # the mouth scale is chosen on people stage 2 never saw, one clip of each, and written into
@@ -58,9 +52,8 @@ if [ "$stage" != 1 ]; then
   # speech (0.34 vs 0.27 at 1.5 and 0.24 at 3, 10 steps; 25 steps 0.35, 50 steps 0.38).
   dev=(cremad_1001 german_news_anchor latentsync_model1 lrs2_deepavsr_00016 lrs3_laalm_s4
        mead_W040 style_trump_clip1 vox_00473)  # configs/common.DEMO_DEV_PERSONS
-  held=$(printf '"%s",' "${val[@]}" "${dev[@]}")
-  $vasa train --config configs/motion.py:demo --workdir "$work/motion_dev" \
-      --config.data.motion="$work/motion_data" --config.data.val_persons="[${held%,}]"
+  $vasa train --config configs/demo_recipe.py:motion_dev --workdir "$work/motion_dev" \
+      --config.data.motion="$work/motion_data"
   $vasa export --latent "$work/latent" --motion "$work/motion" --out "$out" --steps 25 \
       --cfg-audio 0.5
   $vasa export --latent "$work/latent" --motion "$work/motion_dev" --out "$work/pipeline_dev" \

@@ -9,9 +9,19 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# A persistent compilation cache: a rerun of the suite (and each xdist worker after the first to
+# compile a shape) reads executables from disk instead of compiling them again. Every entry is
+# kept (min compile time 0, any size). VASA_TEST_CACHE="" disables it.
+_CACHE = os.environ.get("VASA_TEST_CACHE", str(REPO / ".pytest_cache" / "jax_compilation"))
+if _CACHE:
+  jax.config.update("jax_compilation_cache_dir", _CACHE)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 SHARED_DATA = pathlib.Path(os.environ.get("VASA_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -26,6 +36,17 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "slow" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+  """For modules that check behaviour, not speed: XLA skips most optimisation passes, so each
+  step compiles several times faster (and runs somewhat slower, which tiny shapes do not feel).
+  Opt in with `pytestmark = pytest.mark.usefixtures("fast_compile")`."""
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="session")

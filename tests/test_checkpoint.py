@@ -63,6 +63,8 @@ def test_load_params_missing_directory_names_it(tmp_path):
   with pytest.raises(CheckpointError, match="no_such_run") as e:
     ckpt_lib.load_params(missing)
   assert "--checkpoint" in str(e.value) and "vasa-jax train" in str(e.value)
+  # A mistyped path is not a place to train into.
+  assert f"--workdir {missing}" not in str(e.value)
   empty = tmp_path / "empty_run"
   (empty / "checkpoints").mkdir(parents=True)
   with pytest.raises(CheckpointError, match="empty_run"):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from configs import common
+from vasa_jax.config_utils import load_config
 from vasa_jax.inference import pipeline as pipeline_lib
 
 DEMO = pipeline_lib.DEFAULT_CHECKPOINT
@@ -97,9 +98,13 @@ def test_gpu_recipe_runs_in_order_and_matches_the_bundled_defaults(tmp_path):
   assert [c[0] for c in calls] == ["preprocess", "slim-shards", "train", "train", "train",
                                    "extract-motion", "train", "train", "export", "export",
                                    "calibrate-mouth"]
-  legs = [c[c.index("--max-steps") + 1] for c in calls[2:5]]
+  arg = lambda c, flag: c[c.index(flag) + 1]  # noqa: E731
+  legs = [arg(c, "--max-steps") for c in calls[2:5]]
   assert legs == ["2900", "7075", "11250"]
-  assert all("--config.model.app_size=32" in c for c in calls[2:5])
+  # The recipe is named config variants (configs/demo_recipe.py), not shell overrides.
+  recipes = [arg(c, "--config") for c in calls[2:5]]
+  assert recipes == [f"configs/demo_recipe.py:latent_gpu_{k}" for k in (1, 2, 3)]
+  assert all(int(load_config(r).model.app_size) == 32 for r in recipes)
   export, export_dev, calibrate = calls[-3:]
   stored = json.loads((DEMO / pipeline_lib.PIPELINE_FILE).read_text())
   for flag, key in (("--steps", "steps"), ("--cfg-audio", "cfg_audio")):
@@ -107,10 +112,8 @@ def test_gpu_recipe_runs_in_order_and_matches_the_bundled_defaults(tmp_path):
     assert export_dev[export_dev.index(flag) + 1] == export[export.index(flag) + 1]
   # The mouth scale is measured with a stage 2 that also held the dev people out, on their
   # clips, and written into the bundle.
-  arg = lambda c, flag: c[c.index(flag) + 1]  # noqa: E731
-  held = calls[7][-1].split("=", 1)[1]
-  assert calls[7][-1].startswith("--config.data.val_persons=")
-  assert sorted(json.loads(held)) == sorted(common.DEMO_VAL_PERSONS + common.DEMO_DEV_PERSONS)
+  held = load_config(arg(calls[7], "--config")).data.val_persons
+  assert sorted(held) == sorted(common.DEMO_VAL_PERSONS + common.DEMO_DEV_PERSONS)
   assert arg(calibrate, "--checkpoint") == arg(export_dev, "--out")
   assert arg(export_dev, "--motion") == arg(calls[7], "--workdir")
   assert arg(calibrate, "--write-to") == arg(export, "--out") == str(tmp_path / "out")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from vasa_jax.config_utils import load_config
-from vasa_jax.data import extract_motion, pipelines, records
+from vasa_jax.data import pipelines, records
+from vasa_jax.inference import extract_motion
 
 
 def _fake_shards(root, resolution, clips=3, frames=20):

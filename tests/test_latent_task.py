@@ -14,6 +14,8 @@ from vasa_jax.errors import VasaInputError
 from vasa_jax.train.latent_task import IMAGE_KEYS, LatentTask
 from vasa_jax.train.state import TrainState
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # behaviour, not speed, is checked here
+
 B, R = 2, 64
 GAN_START = 2
 # Tests trade run time for compile time (the step compiles ~2x faster, runs ~1.5x slower).
@@ -144,21 +146,24 @@ def test_label_losses_train_the_encoder_and_labels_reach_the_decoder():
   labels[1] = 9.0  # the second one is not: its values must be ignored
   valid = np.array([[1, 1, 1], [0, 0, 0]], np.float32)
   lab = {"motion_labels": labels, "labels_valid": valid}
-  step = jax.jit(task.train_step)
+  # One batch structure for every step: a changed structure would compile the step again.
+  step = jax.jit(chex.assert_max_traces(task.train_step, n=1), compiler_options=FAST_COMPILE)
   boxes = np.tile(np.float32([0.5, 0.7, 0.15, 0.1]), (B, 3, 1))  # (B, 3, 4)
-  s, first = step(state, {**batch, **lab, "mouth_box": boxes}, jax.random.key(1))
+  labelled = {**batch, **lab, "mouth_box": boxes}
+  s, first = step(state, labelled, jax.random.key(1))
   # The mouth-region L1 counts the labelled driver only: the whole-image L1's order of size.
   assert 0.0 < float(first["g_mouth_l1"]) < 4 * float(first["g_l1"]) + 0.5
   # Untrained: z_pose = 0 and z_dyn ~ 0, so the losses are the valid labels' sizes.
   assert float(first["g_pose_label"]) == pytest.approx(0.3 + 0.2 + 0.1 + 0.1, abs=1e-4)
   assert float(first["g_mouth_label"]) == pytest.approx(1.5, abs=0.2)
   for _ in range(15):
-    s, m = step(s, {**batch, **lab}, jax.random.key(1))
+    s, m = step(s, labelled, jax.random.key(1))
   assert float(m["g_pose_label"]) < 0.5 * float(first["g_pose_label"])
   assert float(m["g_mouth_label"]) < 0.5 * float(first["g_mouth_label"])
-  # Without label keys the step still runs (AOT specs, hand-made batches).
-  _, m = step(s, batch, jax.random.key(1))
-  assert "g_pose_label" not in m
+  # Without label keys the step still traces (AOT specs, hand-made batches); tracing checks
+  # that without compiling the step a second time.
+  _, m = jax.eval_shape(task.train_step, s, batch, jax.random.key(1))
+  assert "g_pose_label" not in m and "g_l1" in m
   # The decoder sees the labels: pinning the driver's yaw changes the rendering.
   gen = s.params["gen"]
   imgs = {k: jnp.asarray(batch[k], jnp.float32) / 127.5 - 1.0 for k in IMAGE_KEYS}

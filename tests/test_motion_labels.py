@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import latent
-from vasa_jax.data.extract_motion import pin_labels
+from vasa_jax.inference.extract_motion import pin_labels
 from vasa_jax.models import layers
 from vasa_jax.models import motion_labels as ml
 

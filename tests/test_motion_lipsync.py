@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from vasa_jax.config_utils import load_config
-from vasa_jax.data import extract_motion, records
+from vasa_jax.data import records
+from vasa_jax.inference import extract_motion
 from vasa_jax.eval import motion_lipsync
 
 FRAMES = 40

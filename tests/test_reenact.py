@@ -10,7 +10,7 @@ from vasa_jax.data import media
 def latent_export(tmp_path_factory):
   from vasa_jax.config_utils import load_config
   from vasa_jax.inference.pipeline import init_random_params
-  from vasa_jax.train import checkpoint
+  from vasa_jax import params_io as checkpoint
   latent = load_config("configs/latent.py:tiny")
   params, _ = init_random_params(latent, load_config("configs/motion.py:tiny"))
   out = tmp_path_factory.mktemp("latent")
@@ -49,3 +49,25 @@ def test_reenact_missing_checkpoint(tmp_path, capsys):
                  "--driving", "b.mp4", "--out", str(tmp_path / "o.mp4")])
   assert rc == 2
   assert "nope" in capsys.readouterr().err
+
+
+def test_reenact_accepts_a_pipeline_directory(tiny_pipeline_dir, tmp_path):
+  from skimage import data
+  from PIL import Image
+  driving = tmp_path / "drv.mp4"
+  _driving_video(driving, frames=8)
+  source = tmp_path / "src.png"
+  Image.fromarray(data.astronaut()[::2, ::2]).save(source)
+  out = tmp_path / "out.mp4"
+  assert cli.main(["reenact", "--checkpoint", str(tiny_pipeline_dir), "--source", str(source),
+                   "--driving", str(driving), "--out", str(out)]) == 0
+  assert abs(media.read_video(out, fps=None).frames.shape[0] - 8) <= 1
+
+
+def test_reenact_wrong_path_does_not_advise_training_into_it(tmp_path, capsys):
+  missing = tmp_path / "typo"
+  cli.main(["reenact", "--checkpoint", str(missing), "--source", "a.png", "--driving", "b.mp4",
+            "--out", str(tmp_path / "o.mp4")])
+  err = capsys.readouterr().err
+  assert "typo" in err and "Check the checkpoint path" in err
+  assert f"--workdir {missing}" not in err

@@ -15,6 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vasa_jax import config_utils
+from vasa_jax.constants import SAMPLE_RATE
+from vasa_jax.data import audio_features
+from vasa_jax.diffusion import sampler as sampler_lib
+from vasa_jax.inference import pipeline as pipeline_lib
+from vasa_jax.models import motion_labels
+
 
 def _block(x):
   return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
@@ -64,7 +71,7 @@ def stream_latency(pipe, portrait, wav: np.ndarray, first_window: int | None = N
   deliver first, (first_window + look-ahead) frames plus the last frame's log-mel reach, in whole
   chunks, is added as buffering time.
   """
-  chunk = max(1, int(round(16000 * chunk_ms / 1000)))
+  chunk = max(1, int(round(SAMPLE_RATE * chunk_ms / 1000)))
 
   def one(stop_at_first: bool):
     chunks = (wav[i:i + chunk] for i in range(0, wav.shape[0], chunk))
@@ -97,13 +104,6 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   Streaming latency is measured for the default (first window = W) and for a short first
   window of `first_window` frames (capped at W), one row each.
   """
-  # pylint: disable=import-outside-toplevel
-  from vasa_jax import config_utils
-  from vasa_jax.data import audio_features
-  from vasa_jax.diffusion import sampler as sampler_lib
-  from vasa_jax.inference import pipeline as pipeline_lib
-  from vasa_jax.models import motion_labels
-
   config = config_utils.load_config(config_spec, overrides)
   t0 = time.perf_counter()
   pipe = (pipeline_lib.load_pipeline(checkpoint, **pipeline_lib.inference_knobs(config))
@@ -112,7 +112,7 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   device = jax.devices()[0]
   r, w = pipe.resolution, pipe.window
   rng = np.random.default_rng(0)
-  wav = (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+  wav = (0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
   n_frames = audio_features.frames_for_audio(wav.shape[0])
   feats = jnp.asarray(audio_features.log_mel(wav, num_frames=n_frames))[None]
   rows = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vasa_jax import __version__
 from vasa_jax.errors import VasaInputError
 
 DEFAULT_OUT = "out.mp4"
@@ -56,6 +57,7 @@ def _add_generation_args(p: argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="vasa-jax", description="Audio-driven talking faces (VASA-1) in JAX.")
+  parser.add_argument("--version", action="version", version=f"vasa-jax {__version__}")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
   p = sub.add_parser("generate", help="portrait + speech -> talking-face mp4")
@@ -69,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "window (1..W; default: W); later windows still need W frames each")
 
   p = sub.add_parser("reenact", help="source portrait driven by a video's pose and expressions")
-  p.add_argument("--checkpoint", required=True, help="stage 1 workdir or export")
+  p.add_argument("--checkpoint", help="stage 1 workdir, its export, or a pipeline directory "
+                 "(default: the bundled demo)")
   p.add_argument("--source", required=True, help="source portrait")
   p.add_argument("--driving", required=True, help="driving video")
   p.add_argument("--out", default="reenact.mp4")
@@ -280,7 +283,7 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
           f"{summary['bytes'] / 1e6:.1f} MB to {args.out}")
     return 0
   if cmd == "extract-motion":
-    from vasa_jax.data import extract_motion
+    from vasa_jax.inference import extract_motion
     extract_motion.extract_motion(args.latent_checkpoint, args.shards, args.out)
     return 0
   if cmd == "export":

@@ -6,15 +6,18 @@ The file defines `get_config(arg)` returning an `ml_collections.ConfigDict`, as 
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import json
 import os
 import pathlib
+import sys
 from typing import Iterable
 
 import ml_collections
 
 from vasa_jax.errors import VasaInputError
+from vasa_jax.fileio import atomic_write_text
 
 _CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -99,12 +102,42 @@ def resolve_config_path(spec: str) -> tuple[pathlib.Path, str | None]:
       f"Pass e.g. --config configs/latent.py:tiny")
 
 
+@contextlib.contextmanager
+def _recipe_package_importable(path: pathlib.Path):
+  """Lets a recipe import its siblings (`from configs import common`) while it loads.
+
+  The wheel installs only `vasa_jax`, so the folder holding the recipe's package goes on
+  sys.path for the load; a different package of the same name already imported (e.g. a user's
+  own `configs`) is set aside and put back afterwards.
+  """
+  pkg_dir = path.resolve().parent
+  if not (pkg_dir / "__init__.py").is_file():
+    yield
+    return
+  name, root = pkg_dir.name, str(pkg_dir.parent)
+  ours = lambda k: k == name or k.startswith(name + ".")  # noqa: E731
+  loaded = sys.modules.get(name)
+  same = loaded is not None and any(
+      pathlib.Path(p).resolve() == pkg_dir for p in getattr(loaded, "__path__", ()))
+  saved = {} if same else {k: sys.modules.pop(k) for k in list(sys.modules) if ours(k)}
+  sys.path.insert(0, root)
+  try:
+    yield
+  finally:
+    sys.path.remove(root)
+    if saved:
+      for k in [k for k in sys.modules if ours(k)]:
+        del sys.modules[k]
+      sys.modules.update(saved)
+
+
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
   """Loads `file.py:arg` and applies overrides like `train.num_steps=10`."""
   path, arg = resolve_config_path(spec)
   module_spec = importlib.util.spec_from_file_location(f"vasa_config_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  with _recipe_package_importable(path):
+    module_spec.loader.exec_module(module)
   config = module.get_config(arg)
   config.unlock() if hasattr(config, "unlock") else None
   apply_overrides(config, overrides)
@@ -151,9 +184,4 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
 
 def save_config(config: ml_collections.ConfigDict, path: str | os.PathLike):
   """Writes the config as JSON atomically (local paths and gs:// alike)."""
-  from etils import epath  # pylint: disable=import-outside-toplevel
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(config_to_json(config))
-  tmp.replace(path)
+  atomic_write_text(path, config_to_json(config))

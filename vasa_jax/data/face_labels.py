@@ -17,7 +17,12 @@ a frontal face looking into the camera has gaze (0, 0), and a head with centred 
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from scipy.spatial.transform import Rotation
+
+from vasa_jax.models import motion_labels
 
 # Rigid points of MediaPipe's canonical face model (canonical_face_model.obj of
 # mediapipe/modules/face_geometry, centimetres, x right, y up, z towards the camera): eye corners,
@@ -66,13 +71,10 @@ def euler_to_matrix(angles: np.ndarray) -> np.ndarray:
     (..., 3, 3) R = Rz(roll) @ Ry(yaw) @ Rx(pitch), acting on head-frame column vectors.
   """
   angles = np.asarray(angles, np.float64)
-  y, p, r = angles[..., 0], angles[..., 1], angles[..., 2]
-  cy, sy, cp, sp, cr, sr = np.cos(y), np.sin(y), np.cos(p), np.sin(p), np.cos(r), np.sin(r)
-  zero, one = np.zeros_like(y), np.ones_like(y)
-  rz = np.stack([cr, -sr, zero, sr, cr, zero, zero, zero, one], -1).reshape(y.shape + (3, 3))
-  ry = np.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).reshape(y.shape + (3, 3))
-  rx = np.stack([one, zero, zero, zero, cp, -sp, zero, sp, cp], -1).reshape(y.shape + (3, 3))
-  return rz @ ry @ rx
+  # Intrinsic Z-Y-X (capital letters) composes Rz(roll) @ Ry(yaw) @ Rx(pitch).
+  zyx = np.stack([angles[..., 2], angles[..., 0], angles[..., 1]], -1)
+  return Rotation.from_euler("ZYX", zyx.reshape(-1, 3)).as_matrix().reshape(
+      angles.shape[:-1] + (3, 3))
 
 
 def matrix_to_euler(rot: np.ndarray) -> np.ndarray:
@@ -85,10 +87,10 @@ def matrix_to_euler(rot: np.ndarray) -> np.ndarray:
     (..., 3) yaw, pitch, roll in radians.
   """
   rot = np.asarray(rot, np.float64)
-  yaw = np.arcsin(np.clip(-rot[..., 2, 0], -1.0, 1.0))
-  pitch = np.arctan2(rot[..., 2, 1], rot[..., 2, 2])
-  roll = np.arctan2(rot[..., 1, 0], rot[..., 0, 0])
-  return np.stack([yaw, pitch, roll], -1)
+  with warnings.catch_warnings():  # gimbal lock (yaw = +-pi/2): scipy picks pitch 0, as intended
+    warnings.simplefilter("ignore", UserWarning)
+    roll, yaw, pitch = Rotation.from_matrix(rot.reshape(-1, 3, 3)).as_euler("ZYX").T
+  return np.stack([yaw, pitch, roll], -1).reshape(rot.shape[:-2] + (3,))
 
 
 def _check(landmarks: np.ndarray) -> np.ndarray:
@@ -296,3 +298,13 @@ def label_clip(landmarks: np.ndarray, image_size: float) -> dict[str, np.ndarray
       "mouth_open": mouth_open(landmarks, image_size),
       "main_gaze": main_gaze(g),
   }
+
+
+def landmark_labels(landmarks, resolution: int, cfg) -> tuple[np.ndarray, np.ndarray]:
+  """`motion_labels` vectors (T, 5) and valid (T,) of crops' (T, 478, 3) landmarks (crop pixels),
+  as preprocessing labels them; all invalid for a model without `label_motion`."""
+  landmarks = np.asarray(landmarks, np.float32)
+  if not cfg.label_motion:
+    return motion_labels.no_labels(landmarks.shape[0])
+  lab = label_clip(landmarks, resolution)
+  return motion_labels.motion_labels(lab["head_pose"], lab["face_scale"], lab["mouth_open"], cfg)

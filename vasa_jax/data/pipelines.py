@@ -42,12 +42,15 @@ import pathlib
 import re
 from typing import Sequence
 
+from array_record.python import array_record_module
+import grain
 import numpy as np
 from PIL import Image
 
 from vasa_jax.data import face_labels, records
 from vasa_jax.data.audio_features import LOG_EPS
 from vasa_jax.errors import VasaInputError
+from vasa_jax.models import layers, motion_labels
 
 EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
 # Name tokens (lower case) that mark an emotion: MEAD (`M030_angry_...`, `_front_happy_`) and a
@@ -92,7 +95,6 @@ def main_gaze(gaze: np.ndarray) -> np.ndarray:
   """
   gaze = np.asarray(gaze, np.float32).reshape(-1, 2)
   try:
-    from vasa_jax.data import face_labels  # pylint: disable=import-outside-toplevel
     fn = getattr(face_labels, "main_gaze", None)
   except ImportError:
     fn = None
@@ -139,11 +141,16 @@ def split_persons(index_or_persons, val_persons: Sequence[str] = (), val_fractio
   return train, val
 
 
-def _split_entries(index: records.ClipIndex, config, split: str) -> list[dict]:
-  data = config.data
-  train, val = split_persons(index, data.get("val_persons", []) or [],
-                             float(data.get("val_fraction_persons", 0.0) or 0.0),
-                             int(data.get("shuffle_seed", 0)))
+def split_args(data_config) -> dict:
+  """`split_persons` keyword arguments of a run's `config.data` (the split training used)."""
+  return {"val_persons": list(data_config.get("val_persons", []) or []),
+          "val_fraction": float(data_config.get("val_fraction_persons", 0.0) or 0.0),
+          "seed": int(data_config.get("shuffle_seed", 0))}
+
+
+def split_entries(index: records.ClipIndex, split: str, **kwargs) -> list[dict]:
+  """The clip entries of `split` ("train", "val" or "all"); `kwargs` go to `split_persons`."""
+  train, val = split_persons(index, **kwargs)
   if split == "train":
     keep = set(train)
   elif split in ("val", "validation", "eval"):
@@ -151,7 +158,7 @@ def _split_entries(index: records.ClipIndex, config, split: str) -> list[dict]:
   elif split == "all":
     keep = set(train) | set(val)
   else:
-    raise ValueError(f"Unknown split {split!r}; use train, val or all")
+    raise VasaInputError(f"Unknown split {split!r}; use train, val or all.")
   entries = [c for c in index.clips if c["person"] in keep]
   if not entries:
     raise VasaInputError(f"The {split!r} split of {index.root} is empty (persons {sorted(keep)}). "
@@ -198,7 +205,6 @@ class ClipSource:
     path = str(self.index.shard_path(entry))
     reader = self._readers.get(path)
     if reader is None:
-      from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
       if not os.path.isfile(path):
         raise VasaInputError(f"Shard {path} listed in {self.index.root}/index.json is missing; "
                              "rerun preprocessing or fix the index.")
@@ -423,7 +429,6 @@ class _LatentElement:
   def _frames_and_labels(self, k: int, indices: list[int]):
     """Frames (n, R, R, 3) uint8, label vectors (n, 5), valid (n,) and mouth boxes (n, 4)
     (`face_labels.mouth_box`; zeros without labels) of frames `indices`."""
-    from vasa_jax.models import motion_labels  # pylint: disable=import-outside-toplevel
     if self.label_cfg is None:
       return (self.clips.frames(k, indices), *motion_labels.no_labels(len(indices)),
               np.zeros((len(indices), 4), np.float32))
@@ -586,8 +591,6 @@ def _host_batch_size(config, process_count: int) -> int:
 def _finish(elements_fn, num_elements: int, config, process_index: int, process_count: int,
             seed_offset: int = 0):
   """range -> host shard -> shuffle -> random_map -> repeat -> iter -> batch (see docstring)."""
-  import grain  # pylint: disable=import-outside-toplevel
-
   if num_elements < process_count:
     raise VasaInputError(f"Only {num_elements} training elements for {process_count} "
                          "processes; add data.")
@@ -620,8 +623,6 @@ def latent_element_dataset(config, split: str = "train", process_index: int = 0,
   Returns:
     (grain.MapDataset of elements, number of elements over all hosts).
   """
-  import grain  # pylint: disable=import-outside-toplevel
-
   make, n = _latent_parts(config, split, synthetic)
   ds = grain.MapDataset.range(n)[process_index::process_count]
   return ds.random_map(make, seed=int(config.data.get("shuffle_seed", 0))), n
@@ -641,12 +642,11 @@ def _latent_parts(config, split: str, synthetic: bool | None):
                            seed=int(config.seed) + (0 if split == "train" else 1))
   else:
     index = records.ClipIndex.load(config.data.shards)
-    clips = ClipSource(index, entries=_split_entries(index, config, split))
+    clips = ClipSource(index, entries=split_entries(index, split, **split_args(config.data)))
   counts = np.array([e["frames"] for e in clips.entries], np.int64)
   offsets = np.concatenate([[0], np.cumsum(counts)])
   label_cfg = None
   if isinstance(clips, ClipSource) and config.model.get("label_motion", False):
-    from vasa_jax.models import layers  # pylint: disable=import-outside-toplevel
     label_cfg = layers.as_face_config(config.model)
   make = _LatentElement(clips, offsets, resolution, bool(config.data.get("augment", False)),
                         label_cfg)
@@ -725,7 +725,7 @@ def _motion_parts(config, split: str, synthetic: bool | None):
     stats, scale_stats = clips.stats, clips.face_scale_stats
   else:
     index = records.ClipIndex.load(config.data.motion)
-    clips = ClipSource(index, entries=_split_entries(index, config, split))
+    clips = ClipSource(index, entries=split_entries(index, split, **split_args(config.data)))
     stats = _load_motion_stats(index.root)
     if stats is None:
       # No stats file: compute them from this split's clips (extract-motion normally writes it).

@@ -24,8 +24,9 @@ import time
 from typing import Iterable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from configs.common import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from vasa_jax.data import audio_features, face_crop, face_labels, media, records
 from vasa_jax.errors import NoFaceError, VasaInputError
 
@@ -341,7 +342,6 @@ def preprocess(inputs, out_dir: str | os.PathLike, *, persons_csv: str | os.Path
   start = time.time()
   bar = None
   if progress:
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=len(todo), unit="clip", desc="preprocess")
   shard_no = _next_shard_number(index)
   seen_names = set(done_names)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vasa_jax.constants import CFG_AUDIO, CFG_GAZE
 from vasa_jax.diffusion import schedule as schedule_lib
 
 SAMPLERS = {"ddim": 0.0, "ddpm": 1.0}  # name -> eta
@@ -109,8 +110,8 @@ def build_cond(carry: dict, audio_window: jax.Array, audio_mask: jax.Array, cont
 def sample_window(apply_fn: Callable, params, carry: dict, audio_window: jax.Array,
                   controls: dict, rng: jax.Array, *, audio_mask: jax.Array | None = None,
                   schedule: schedule_lib.Schedule | None = None, steps: int = 50,
-                  sampler: str = "ddim", cfg_audio: float | jax.Array = 0.5,
-                  cfg_gaze: float | jax.Array = 1.0) -> tuple[dict, jax.Array]:
+                  sampler: str = "ddim", cfg_audio: float | jax.Array = CFG_AUDIO,
+                  cfg_gaze: float | jax.Array = CFG_GAZE) -> tuple[dict, jax.Array]:
   """Generates one motion window by DDIM / DDPM with guidance (one `lax.scan`).
 
   Args:
@@ -202,8 +203,8 @@ def pad_window(audio: jax.Array, start: int, window: int) -> tuple[jax.Array, ja
 
 def sample_sequence(sample_window_fn: Callable, params, audio: jax.Array, controls: dict,
                     rng: jax.Array, *, window: int, context: int, motion_dim: int,
-                    encode_fn: Callable | None = None, cfg_audio: float = 0.5,
-                    cfg_gaze: float = 1.0) -> jax.Array:
+                    encode_fn: Callable | None = None, cfg_audio: float = CFG_AUDIO,
+                    cfg_gaze: float = CFG_GAZE) -> jax.Array:
   """Generates motion for audio of any length, window by window.
 
   Args:

@@ -9,8 +9,8 @@ so every generated frame has a ground-truth frame of the same crop to compare ag
 - SSIM: Wang et al. 2004 with an 11x11 Gaussian window (sigma 1.5, truncated at 3.5 sigma),
   K1 = 0.01, K2 = 0.03, L = 255, population (not sample) covariances, computed per RGB channel
   on float64 and averaged over channels and over the valid interior (a 5-pixel border is cut,
-  where the window hangs over the edge). This matches `skimage.metrics.structural_similarity(
-  a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255,
+  where the window hangs over the edge): `skimage.metrics.structural_similarity(a, b,
+  gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255,
   channel_axis=-1)`.
 - M-LMD: mean Euclidean (x, y) distance between the mouth landmarks of the generated frame and
   those of the real frame, averaged over the points and frames, divided by the frame (crop) side,
@@ -22,8 +22,9 @@ so every generated frame has a ground-truth frame of the same crop to compare ag
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+from skimage import metrics
 
+from vasa_jax.data.face_crop import FaceAnalyzer
 from vasa_jax.errors import NoFaceError, VasaInputError
 
 # MediaPipe face mesh lip contour (FACEMESH_LIPS), clockwise from the image-left mouth corner.
@@ -33,9 +34,6 @@ MOUTH_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 
                80, 191)
 MOUTH = MOUTH_OUTER + MOUTH_INNER
 
-_SSIM_SIGMA = 1.5
-_SSIM_TRUNCATE = 3.5  # radius int(3.5 * 1.5 + 0.5) = 5 -> an 11x11 window
-_SSIM_K1, _SSIM_K2 = 0.01, 0.03
 
 
 def _pair(a, b, name: str = "frames") -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +47,7 @@ def _pair(a, b, name: str = "frames") -> tuple[np.ndarray, np.ndarray]:
 
 
 def psnr(a, b, data_range: float = 255.0) -> np.ndarray | float:
-  """Peak signal-to-noise ratio of uint8 RGB images.
+  """Peak signal-to-noise ratio of uint8 RGB images (`skimage.metrics.peak_signal_noise_ratio`).
 
   Args:
     a, b: (H, W, 3) or (T, H, W, 3) images of equal shape.
@@ -59,34 +57,16 @@ def psnr(a, b, data_range: float = 255.0) -> np.ndarray | float:
     float dB for one image, (T,) float64 per frame for a batch; +inf for identical images.
   """
   a, b = _pair(a, b)
-  diff = a.astype(np.float64) - b.astype(np.float64)
-  mse = (diff * diff).mean(axis=(-3, -2, -1))
-  with np.errstate(divide="ignore"):
-    out = 10.0 * np.log10(data_range ** 2 / mse)
-  return float(out) if a.ndim == 3 else out
-
-
-def _ssim_one(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
-  """SSIM of one (H, W, 3) pair, mean over channels and the valid interior."""
-  x = a.astype(np.float64)
-  y = b.astype(np.float64)
-  filt = lambda z: ndimage.gaussian_filter(z, sigma=(_SSIM_SIGMA, _SSIM_SIGMA, 0),
-                                           truncate=_SSIM_TRUNCATE, mode="reflect")
-  mx, my = filt(x), filt(y)
-  vx = filt(x * x) - mx * mx
-  vy = filt(y * y) - my * my
-  cxy = filt(x * y) - mx * my
-  c1 = (_SSIM_K1 * data_range) ** 2
-  c2 = (_SSIM_K2 * data_range) ** 2
-  s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-  pad = int(_SSIM_TRUNCATE * _SSIM_SIGMA + 0.5)
-  if min(a.shape[:2]) > 2 * pad:
-    s = s[pad:-pad, pad:-pad]
-  return float(s.mean())
+  with np.errstate(divide="ignore"):  # identical frames: MSE 0 -> +inf, reported as such
+    out = np.array([metrics.peak_signal_noise_ratio(x, y, data_range=data_range)
+                    for x, y in zip(a.reshape((-1,) + a.shape[-3:]),
+                                    b.reshape((-1,) + b.shape[-3:]))])
+  return float(out[0]) if a.ndim == 3 else out
 
 
 def ssim(a, b, data_range: float = 255.0) -> np.ndarray | float:
-  """Structural similarity with a Gaussian window (see the module docstring).
+  """Structural similarity with a Gaussian window (see the module docstring), from
+  `skimage.metrics.structural_similarity`.
 
   Args:
     a, b: (H, W, 3) or (T, H, W, 3) uint8 RGB images of equal shape.
@@ -96,9 +76,11 @@ def ssim(a, b, data_range: float = 255.0) -> np.ndarray | float:
     float for one image, (T,) float64 per frame for a batch; 1.0 for identical images.
   """
   a, b = _pair(a, b)
-  if a.ndim == 3:
-    return _ssim_one(a, b, data_range)
-  return np.array([_ssim_one(x, y, data_range) for x, y in zip(a, b)])
+  out = np.array([metrics.structural_similarity(
+      x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+      data_range=data_range, channel_axis=-1)
+      for x, y in zip(a.reshape((-1,) + a.shape[-3:]), b.reshape((-1,) + b.shape[-3:]))])
+  return float(out[0]) if a.ndim == 3 else out
 
 
 def mouth_lmd(landmarks_gen, landmarks_real, image_size: float) -> np.ndarray:
@@ -177,7 +159,6 @@ def self_reenactment_scores(generated_frames, real_frames, analyzer=None) -> dic
   if gen.dtype != np.uint8 or real.dtype != np.uint8:
     raise VasaInputError(f"self-reenactment frames must be uint8, got {gen.dtype} / {real.dtype}.")
   if analyzer is None:
-    from vasa_jax.data.face_crop import FaceAnalyzer
     analyzer = FaceAnalyzer()
   p = psnr(gen, real)
   s = ssim(gen, real)

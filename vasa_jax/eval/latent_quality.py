@@ -44,11 +44,19 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image, ImageDraw
 
-from vasa_jax.data import records
+from vasa_jax import fileio
+from vasa_jax.data import pipelines, records
+from vasa_jax.data.pipelines import ClipSource
 from vasa_jax.eval import report
 from vasa_jax.eval.report import fmt
 from vasa_jax.errors import VasaInputError
+from vasa_jax.image_ops import psnr, ssim, to_float_image, to_uint8_image
+from vasa_jax.inference import extract_motion
+from vasa_jax.inference.extract_motion import resize_frames
+from vasa_jax.models.face_model import FaceModel
+from vasa_jax.models.layers import cosine_similarity
 
 JSON_NAME = "latent_quality.json"
 MD_NAME = "latent_quality.md"
@@ -123,11 +131,14 @@ def select_clips(entries: Sequence[dict], max_clips: int | None, seed: int = 0) 
 
 
 def _val_persons(config, index: records.ClipIndex, val_persons) -> tuple[list[str], list[str]]:
-  """(validation persons present in the shards, configured ones that are missing)."""
-  wanted = list(config.data.get("val_persons", []) or []) if val_persons is None else list(
-      val_persons)
+  """(validation persons present in the shards, configured ones that are missing): the run's
+  own split (`pipelines.split_args`, val_fraction_persons included) unless `val_persons` names
+  them."""
+  kw = pipelines.split_args(config.data) if val_persons is None else {"val_persons": val_persons}
   known = set(index.persons)
-  return sorted(p for p in wanted if p in known), sorted(p for p in wanted if p not in known)
+  missing = sorted(p for p in kw["val_persons"] if p not in known)
+  kw["val_persons"] = [p for p in kw["val_persons"] if p in known]
+  return pipelines.split_persons(index, **kw)[1], missing
 
 
 def plan_pairs(chosen: Sequence[dict], frames_per_clip: int) -> list[tuple]:
@@ -163,7 +174,6 @@ def plan_pairs(chosen: Sequence[dict], frames_per_clip: int) -> list[tuple]:
 def _load_images(index: records.ClipIndex, chosen: Sequence[dict], pairs: Sequence[tuple],
                  resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(source, driver, other) frames of every pair, each (n, R, R, 3) uint8."""
-  from vasa_jax.data.pipelines import ClipSource  # pylint: disable=import-outside-toplevel
   source = ClipSource(index, entries=list(chosen))
   cache: dict[int, dict] = {}
 
@@ -177,7 +187,6 @@ def _load_images(index: records.ClipIndex, chosen: Sequence[dict], pairs: Sequen
       return records.decode_frames(rec, [mirror_of])[0][:, ::-1]
     return records.decode_frames(rec, [f])[0]
 
-  from vasa_jax.data.extract_motion import resize_frames  # pylint: disable=import-outside-toplevel
   # One pass over the pairs, so the small record cache sees each clip's frames together.
   triples = [(frame(k, s), frame(k, d), frame(j, f, mirror_of=d)) for k, s, d, j, f in pairs]
   return tuple(resize_frames(np.stack(x), resolution) for x in zip(*triples))
@@ -193,10 +202,6 @@ def make_pair_evaluator(model):
     fn returning a dict of (B,) float32 figures (`PAIR_KEYS`) plus `recon` and `cross`
     (B, R, R, 3) uint8 renderings.
   """
-  from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
-  from vasa_jax.train import latent_losses as L  # pylint: disable=import-outside-toplevel
-  from vasa_jax.train.latent_task import to_float_image  # pylint: disable=import-outside-toplevel
-
   def apply(params, *args, method):
     return model.apply({"params": params}, *args, method=method)
 
@@ -214,15 +219,14 @@ def make_pair_evaluator(model):
     recon, cross = out[:b], out[b:]
     z = apply(params, jnp.concatenate([recon, cross, d, o]), method=FaceModel.encode_identity)
     z_recon, z_cross, z_drv, z_oth = jnp.split(z, 4)
-    cos = lambda a: L.cosine_similarity(a, lat["z_id"])  # noqa: E731
-    to_u8 = lambda x: jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)  # noqa
+    cos = lambda a: cosine_similarity(a, lat["z_id"])  # noqa: E731
     return {
-        "psnr": L.psnr(recon, d), "ssim": L.ssim(recon, d),
+        "psnr": psnr(recon, d), "ssim": ssim(recon, d),
         "l1": jnp.mean(jnp.abs(recon - d), axis=(1, 2, 3)),
-        "psnr_copy": L.psnr(s, d), "ssim_copy": L.ssim(s, d),
+        "psnr_copy": psnr(s, d), "ssim_copy": ssim(s, d),
         "id_cross": cos(z_cross), "id_recon": cos(z_recon),
         "id_same_person": cos(z_drv), "id_other_person": cos(z_oth),
-        "recon": to_u8(recon), "cross": to_u8(cross),
+        "recon": to_uint8_image(recon), "cross": to_uint8_image(cross),
     }
 
   return fn
@@ -252,8 +256,6 @@ def _summary(rows: Sequence[dict]) -> dict:
 
 def _evaluate(checkpoint, shards, *, persons, max_clips, frames_per_clip, batch, seed,
               val_persons, both_splits: bool = False, grid_rows: int = 3):
-  from vasa_jax.data import extract_motion  # pylint: disable=import-outside-toplevel
-
   t0 = time.perf_counter()
   config, model, params = extract_motion.load_face_model(checkpoint)
   resolution = int(config.model.resolution)
@@ -433,7 +435,6 @@ GRID_COLUMNS = ("source", "driver", "recon", "other", "cross")
 
 
 def _text(width: int, height: int, text: str) -> np.ndarray:
-  from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
   img = Image.new("RGB", (width, height), (255, 255, 255))
   ImageDraw.Draw(img).text((2, 2), text, fill=(0, 0, 0))
   return np.asarray(img)
@@ -456,11 +457,10 @@ def grid_image(grid) -> np.ndarray:
 
 def write_outputs(result: dict, grid, out) -> pathlib.Path:
   """Writes `latent_quality.json`, `latent_quality.md` and `latent_grid.png` into `out`."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  records.atomic_write_text(out / JSON_NAME, json.dumps(report.to_jsonable(result), indent=1))
-  records.atomic_write_text(out / MD_NAME, render_markdown(result))
-  report.write_atomic(str(out / GRID_NAME),
-                      lambda tmp: Image.fromarray(grid_image(grid)).save(tmp, format="PNG"))
+  fileio.atomic_write_text(out / JSON_NAME, json.dumps(report.to_jsonable(result), indent=1))
+  fileio.atomic_write_text(out / MD_NAME, render_markdown(result))
+  with fileio.atomic_path(out / GRID_NAME) as tmp:
+    Image.fromarray(grid_image(grid)).save(tmp, format="PNG")
   return out

@@ -34,8 +34,11 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from configs.common import FPS, SAMPLE_RATE
+from vasa_jax.constants import FPS, SAMPLE_RATE
+from vasa_jax.data import face_crop, face_labels, media
+from vasa_jax.data.audio_features import energy_envelope
 from vasa_jax.errors import VasaInputError
+from vasa_jax.eval import pose as pose_lib
 
 # Fewer overlapping frames than this at a lag give no correlation (0): too little evidence.
 MIN_OVERLAP = 8
@@ -197,9 +200,6 @@ def analyze_clip(frames: np.ndarray, audio: np.ndarray, *, fps: float = FPS,
     dict with (T,) float64 `mouth_open` (NaN where no face), (T, 3) `head_pose` radians (NaN rows
     where no face), (T,) `envelope` (NaN past the end of the audio), (T,) bool `detected`.
   """
-  from vasa_jax.data import face_crop, face_labels  # heavy (tflite) imports only when used
-  from vasa_jax.data.audio_features import energy_envelope
-
   analyzer = analyzer or face_crop.FaceAnalyzer()
   crop = face_crop.crop_clip(frames, resolution, analyzer=analyzer, source=source)
   labels = face_labels.label_clip(crop.landmarks, resolution)
@@ -236,9 +236,6 @@ def evaluate_video(path, analyzer=None, *, max_seconds: float | None = None,
     VasaInputError: the video has no audio track (naming it), or cannot be read.
     NoFaceError: no face in most of the clip.
   """
-  from vasa_jax.data import media
-  from vasa_jax.eval import pose as pose_lib
-
   path = os.fspath(path)
   video = media.read_video(path, fps=float(FPS), with_audio=audio_path is None,
                            max_side=max_side)

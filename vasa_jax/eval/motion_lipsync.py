@@ -52,10 +52,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vasa_jax.data import records
+from vasa_jax import config_utils, fileio, params_io
+from vasa_jax.data import audio_features, pipelines, records
+from vasa_jax.diffusion import sampler
 from vasa_jax.errors import VasaInputError
 from vasa_jax.eval import lipsync, report
 from vasa_jax.eval.report import fmt
+from vasa_jax.models import motion_dit
+from vasa_jax.train.motion_task import MotionTask
+from vasa_jax.train.state import TrainState
 
 JSON_NAME = "motion_lipsync.json"
 MD_NAME = "motion_lipsync.md"
@@ -173,7 +178,6 @@ def _motion(rec: dict) -> np.ndarray:
 
 
 def _envelope(rec: dict, t: int) -> np.ndarray:
-  from vasa_jax.data import audio_features  # pylint: disable=import-outside-toplevel
   env = np.asarray(audio_features.energy_envelope(np.asarray(rec["audio"], np.float32)),
                    np.float64)
   return lipsync.fit_length(env, t)
@@ -181,7 +185,6 @@ def _envelope(rec: dict, t: int) -> np.ndarray:
 
 def _controls(rec: dict, scale_stats: tuple[float, float], emotion_dim: int) -> dict:
   """The clip's controls as `pipelines._MotionElement` builds them for training."""
-  from vasa_jax.data import pipelines  # pylint: disable=import-outside-toplevel
   gaze = None
   if "main_gaze" in rec:
     gaze = np.asarray(rec["main_gaze"], np.float32).reshape(2)
@@ -201,36 +204,19 @@ def _controls(rec: dict, scale_stats: tuple[float, float], emotion_dim: int) -> 
   return {"gaze": gaze, "distance": distance, "emotion": emotion}
 
 
-def _split_entries(index: records.ClipIndex, val_persons: Sequence[str], split: str) -> list[dict]:
-  from vasa_jax.data import pipelines  # pylint: disable=import-outside-toplevel
-  train, val = pipelines.split_persons(index, val_persons)
-  keep = {"train": set(train), "val": set(val), "all": set(train) | set(val)}.get(split)
-  if keep is None:
-    raise VasaInputError(f"Unknown split {split!r}; use train, val or all.")
-  entries = [e for e in index.clips if e["person"] in keep]
-  if not entries:
-    raise VasaInputError(f"The {split!r} split of {index.root} is empty (validation persons "
-                         f"{sorted(val)}); set data.val_persons in the stage 2 config or pass "
-                         "split='train'/'all'.")
-  return entries
-
-
 def _num_windows(frames: Sequence[int], window: int, context: int) -> int:
   """How many windows the stage 2 pipeline cuts from clips of these lengths."""
-  from vasa_jax.data import pipelines  # pylint: disable=import-outside-toplevel
   return sum(len(pipelines.window_starts(t, window, context)) for t in frames)
 
 
 def _check_latent(latent_checkpoint, motion_config, index: records.ClipIndex) -> dict:
   """The stage 1 run must be the one whose motion space stage 2 was trained in."""
-  from vasa_jax import config_utils  # pylint: disable=import-outside-toplevel
-  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
   p = pathlib.Path(latent_checkpoint)
   cfg_path = next((c for c in (p / "config.json", p.parent / "config.json") if c.is_file()), None)
   if cfg_path is not None:
     config = config_utils.config_from_json(cfg_path.read_text())
   else:
-    config, _ = checkpoint.load_params(p)
+    config, _ = params_io.load_params(p)
   if config is None or config.get("stage") != "latent":
     raise VasaInputError(f"{latent_checkpoint} is not a stage 1 (latent) checkpoint.")
   dz = int(config.model.z_dyn_dim)
@@ -244,8 +230,7 @@ def _check_latent(latent_checkpoint, motion_config, index: records.ClipIndex) ->
 
 
 def _load_motion_model(motion_workdir):
-  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
-  config, params = checkpoint.load_params(motion_workdir, ema=True)
+  config, params = params_io.load_params(motion_workdir, ema=True)
   if config is None or config.get("stage") != "motion":
     raise VasaInputError(f"{motion_workdir} is not a stage 2 (motion) checkpoint; pass the "
                          "workdir of `vasa-jax train --config configs/motion.py:...`.")
@@ -272,10 +257,6 @@ def validation_loss(config, params, motion_dir, split: str, val_persons: Sequenc
   Returns:
     {"loss", "loss_x0", "loss_velocity", "batches", "batch_size"}.
   """
-  from vasa_jax.data import pipelines  # pylint: disable=import-outside-toplevel
-  from vasa_jax.train.motion_task import MotionTask  # pylint: disable=import-outside-toplevel
-  from vasa_jax.train.state import TrainState  # pylint: disable=import-outside-toplevel
-
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.motion = str(motion_dir)
   config.data.synthetic = False
@@ -333,10 +314,6 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
     dict: `ridge` (R^2 train / held-out), `means` (figures averaged over clips), `loss`
     (validation diffusion loss), `clips` (per-clip figures and series), settings.
   """
-  from vasa_jax.data import pipelines  # pylint: disable=import-outside-toplevel
-  from vasa_jax.diffusion import sampler  # pylint: disable=import-outside-toplevel
-  from vasa_jax.models import motion_dit  # pylint: disable=import-outside-toplevel
-
   t0 = time.perf_counter()
   motion_dir = pathlib.Path(motion_dir)
   index = records.ClipIndex.load(motion_dir)
@@ -354,16 +331,20 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
                          f"{m.motion_dim}; the motion and the model come from different runs.")
   latent_info = (_check_latent(latent_ckpt_or_none, config, index)
                  if latent_ckpt_or_none is not None else None)
-  if val_persons is None:
-    val_persons = list(config.data.get("val_persons", []) or [])
-  val_persons = [p for p in val_persons if p in set(index.persons)]
+  # The persons split as training split them (val_persons, val_fraction_persons, shuffle_seed),
+  # unless `val_persons` names them; configured persons absent from this data are skipped.
+  split_kw = (pipelines.split_args(config.data) if val_persons is None
+              else {"val_persons": list(val_persons)})
+  split_kw["val_persons"] = [p for p in split_kw["val_persons"] if p in set(index.persons)]
+  val_persons = pipelines.split_persons(index, **split_kw)[1]
+  split_kw = {"val_persons": val_persons}
   source = pipelines.ClipSource(index)
   pos = {e["clip"]: k for k, e in enumerate(index.clips)}
 
   # 1. Mouth readout on the training persons' real motion, fitted within clips (every figure
   # below is per clip and blind to a clip's offset); a plain fit gives the plain R^2 for
   # reference.
-  train_recs = [source[pos[e["clip"]]] for e in _split_entries(index, val_persons, "train")]
+  train_recs = [source[pos[e["clip"]]] for e in pipelines.split_entries(index, "train", **split_kw)]
   x = np.concatenate([_motion(r) for r in train_recs])
   y = np.concatenate([np.asarray(r["mouth_open"], np.float64) for r in train_recs])
   groups = np.concatenate([np.full(len(r["mouth_open"]), k) for k, r in enumerate(train_recs)])
@@ -375,7 +356,7 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
                 **readout_r2(plain, train_recs, "train", within=False)}
   del train_recs
   if val_persons:
-    val_recs = [source[pos[e["clip"]]] for e in _split_entries(index, val_persons, "val")]
+    val_recs = [source[pos[e["clip"]]] for e in pipelines.split_entries(index, "val", **split_kw)]
     ridge_info.update(readout_r2(ridge, val_recs, "val", within=True))
     ridge_info.update(readout_r2(plain, val_recs, "val", within=False))
   else:
@@ -386,7 +367,7 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
                             for d in np.argsort(-np.abs(ridge["w"]))[:5]]
 
   # 2. Generation for every clip of the split.
-  entries = _split_entries(index, val_persons, split)
+  entries = pipelines.split_entries(index, split, **split_kw)
   if max_clips is not None:
     entries = entries[:max_clips]
   model = motion_dit.build_motion_model(config)
@@ -546,6 +527,6 @@ def write_outputs(result: dict, out) -> pathlib.Path:
   """Writes `motion_lipsync.json` and `motion_lipsync.md` into `out`."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  records.atomic_write_text(out / JSON_NAME, json.dumps(report.to_jsonable(result), indent=1))
-  records.atomic_write_text(out / MD_NAME, render_markdown(result))
+  fileio.atomic_write_text(out / JSON_NAME, json.dumps(report.to_jsonable(result), indent=1))
+  fileio.atomic_write_text(out / MD_NAME, render_markdown(result))
   return out

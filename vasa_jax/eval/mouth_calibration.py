@@ -30,9 +30,14 @@ import pathlib
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from configs.common import FPS, SAMPLE_RATE
+from vasa_jax import fileio
+from vasa_jax.constants import FPS, SAMPLE_RATE
+from vasa_jax.data import face_crop, media
 from vasa_jax.errors import CheckpointError, VasaInputError
+from vasa_jax.eval import lipsync, report
+from vasa_jax.inference import pipeline as pipeline_lib
 
 JSON_NAME = "calibration.json"
 MD_NAME = "calibration.md"
@@ -122,9 +127,6 @@ def choose_scale(scales: Sequence[float], spreads: Sequence[float], syncs: Seque
 def measure_clip(pipe, path: str, scales: Sequence[float], *, seed: int = 0,
                  max_seconds: float = 10.0, analyzer=None) -> dict:
   """Real and rendered mouth figures of one clip at every scale (one motion sample)."""
-  from vasa_jax.data import media  # pylint: disable=import-outside-toplevel
-  from vasa_jax.eval import lipsync  # pylint: disable=import-outside-toplevel
-
   video = media.read_video(path, fps=float(FPS), max_side=720)
   if video.audio is None:
     raise VasaInputError(f"{path} has no audio track: calibration drives each clip's first frame "
@@ -170,12 +172,6 @@ def calibrate(checkpoint, clips: Sequence[str], out_dir, *,
   Returns:
     the report dict (also written as calibration.json).
   """
-  # pylint: disable=import-outside-toplevel
-  from tqdm import tqdm
-  from vasa_jax.data import face_crop, records
-  from vasa_jax.eval import report
-  from vasa_jax.inference import pipeline as pipeline_lib
-
   scales = [float(s) for s in scales]
   if not scales or any(not np.isfinite(s) or s < 0 for s in scales):
     raise VasaInputError(f"--scales must be finite numbers >= 0, got {scales}")
@@ -226,12 +222,12 @@ def calibrate(checkpoint, clips: Sequence[str], out_dir, *,
   if write:
     meta = json.loads(meta_path.read_text())
     meta["mouth_scale"] = pipeline_lib.check_mouth_scale(result["mouth_scale"])
-    records.atomic_write_text(meta_path, json.dumps(meta, indent=1))
+    fileio.atomic_write_text(meta_path, json.dumps(meta, indent=1))
     result["written"] = str(meta_path)
   os.makedirs(out_dir, exist_ok=True)
-  records.atomic_write_text(os.path.join(out_dir, JSON_NAME),
+  fileio.atomic_write_text(os.path.join(out_dir, JSON_NAME),
                             json.dumps(report.to_jsonable(result), indent=1))
-  records.atomic_write_text(os.path.join(out_dir, MD_NAME), render_markdown(result))
+  fileio.atomic_write_text(os.path.join(out_dir, MD_NAME), render_markdown(result))
   return result
 
 

@@ -18,14 +18,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 
-from configs.common import FPS
+from vasa_jax.constants import FPS
+from vasa_jax.data import media
+from vasa_jax.data.face_crop import FaceAnalyzer
 from vasa_jax.errors import NoFaceError, VasaInputError
 from vasa_jax.eval import lipsync
+from vasa_jax.fileio import atomic_path, atomic_write_text
 
 # (key, column header, format) of the markdown table, in order.
 COLUMNS = (
@@ -55,8 +57,6 @@ def check_has_audio(paths: Sequence[str]) -> None:
   Args:
     paths: video files.
   """
-  from vasa_jax.data import media
-
   missing = [p for p in paths if not media.probe(p).has_audio]
   if missing:
     raise VasaInputError(
@@ -168,36 +168,6 @@ def to_jsonable(x):
   return x
 
 
-def _chmod_umask(path: str) -> None:
-  """mkstemp makes 0600 files; give the result the usual umask-based permissions."""
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(path, 0o666 & ~umask)
-
-
-def write_atomic(path: str, write) -> None:
-  """Calls `write(tmp_path)` on a temporary file beside `path`, then renames it into place."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                             suffix=".tmp")
-  os.close(fd)
-  try:
-    write(tmp)
-    _chmod_umask(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-  def write(tmp):
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-  write_atomic(path, write)
-
-
 def fmt(value, spec: str = "{:.3f}") -> str:
   """A table cell: `spec` of the value, or a dash for None / NaN."""
   if value is None or not np.isfinite(value):
@@ -285,7 +255,8 @@ def plot_clip(result: dict, path: str) -> None:
   ax.legend(loc="upper right", fontsize=8)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png")
 
 
 def run(videos: Sequence, real: Sequence = (), out_dir=".", *, analyzer=None,
@@ -317,7 +288,6 @@ def run(videos: Sequence, real: Sequence = (), out_dir=".", *, analyzer=None,
   out_dir = os.fspath(out_dir)
   os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
   if analyzer is None:
-    from vasa_jax.data.face_crop import FaceAnalyzer
     analyzer = FaceAnalyzer()
   names = _unique_names(videos + real)
   generated = [_evaluate(p, n, "generated", analyzer, max_seconds, max_lag)
@@ -335,9 +305,9 @@ def run(videos: Sequence, real: Sequence = (), out_dir=".", *, analyzer=None,
   metrics = {"version": 1, "max_lag": max_lag, "max_seconds": max_seconds,
              "generated": generated, "real": real_rows, "mismatched": mismatched,
              "summary": summary}
-  _write_text_atomic(os.path.join(out_dir, "metrics.json"),
+  atomic_write_text(os.path.join(out_dir, "metrics.json"),
                      json.dumps(to_jsonable(metrics), indent=1, allow_nan=False))
-  _write_text_atomic(os.path.join(out_dir, "report.md"),
+  atomic_write_text(os.path.join(out_dir, "report.md"),
                      render_markdown(generated, real_rows, mismatched, summary))
   return metrics
 

@@ -6,14 +6,15 @@ import pathlib
 
 import numpy as np
 
+from vasa_jax import params_io
+from vasa_jax.data import pipelines
 from vasa_jax.errors import CheckpointError
+from vasa_jax.inference import pipeline
+from vasa_jax.inference.extract_motion import generator_params
 
 
 def motion_stats_for(motion_config) -> dict:
   """The normalisation statistics the stage 2 run trained with."""
-  # pylint: disable=import-outside-toplevel
-  from vasa_jax.data import pipelines
-
   root = motion_config.data.get("motion", "")
   if root and not motion_config.data.get("synthetic", False):
     path = pathlib.Path(root) / "motion_stats.json"
@@ -34,18 +35,13 @@ def export_pipeline(latent_workdir, motion_workdir, out, *, dtype: str = "bfloat
                     cfg_gaze: float | None = None, mouth_scale: float | None = None):
   """Loads both runs (EMA parameters where kept) and writes a pipeline directory with default
   sampling steps and guidance scales (None: the motion config's) and mouth scale (None: 1)."""
-  # pylint: disable=import-outside-toplevel
-  from vasa_jax.inference import pipeline
-  from vasa_jax.train import checkpoint
-
-  latent_config, latent_params = checkpoint.load_params(latent_workdir, ema=True)
-  motion_config, motion_params = checkpoint.load_params(motion_workdir, ema=True)
+  latent_config, latent_params = params_io.load_params(latent_workdir, ema=True)
+  motion_config, motion_params = params_io.load_params(motion_workdir, ema=True)
   for cfg, name, want in ((latent_config, latent_workdir, "latent"),
                           (motion_config, motion_workdir, "motion")):
     if cfg is None or cfg.get("stage") != want:
       raise CheckpointError(f"{name} is not a {want} run (its config says stage "
                             f"{None if cfg is None else cfg.get('stage')!r}).")
-  from vasa_jax.data.extract_motion import generator_params
   latent_params = generator_params(latent_params)  # the discriminator is not needed to generate
   stats = motion_stats_for(motion_config)
   out = pipeline.save_pipeline(out, latent_config, latent_params, motion_config, motion_params,

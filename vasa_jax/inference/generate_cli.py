@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from vasa_jax.constants import FPS, SAMPLE_RATE
+
 BUNDLED_SPEECH = pathlib.Path(__file__).resolve().parent.parent / "assets" / "speech_en.wav"
 
 
@@ -48,7 +50,7 @@ def run(args) -> int:
 
   image, image_name, audio = resolve_inputs(args)
   # Read and check the audio before the (slow) model load, so bad input fails fast.
-  wav = media.read_audio(audio, sr=16000)
+  wav = media.read_audio(audio, sr=SAMPLE_RATE)
   pipe = pipeline_lib.load_pipeline(args.checkpoint, compute_dtype=args.dtype,
                                    render_batch=args.render_batch)
   portrait = media.read_image(image)
@@ -73,7 +75,7 @@ def _stream(pipe, portrait, wav, args, kw) -> int:
   from vasa_jax.data import media
   from vasa_jax.errors import VasaInputError
 
-  chunk = max(1, int(16000 * args.chunk_ms / 1000))
+  chunk = max(1, int(SAMPLE_RATE * args.chunk_ms / 1000))
   first_window = args.first_window
   if first_window is not None and not 1 <= first_window <= pipe.window:
     raise VasaInputError(f"--first-window {first_window}: use 1..{pipe.window} (this "
@@ -90,7 +92,7 @@ def _stream(pipe, portrait, wav, args, kw) -> int:
   chunks = (wav[i:i + chunk] for i in range(0, len(wav), chunk))
   first = None
   n = 0
-  with media.VideoWriter(args.out, fps=25, audio=wav, sr=16000, watermark=args.watermark) as w:
+  with media.VideoWriter(args.out, fps=FPS, audio=wav, sr=SAMPLE_RATE, watermark=args.watermark) as w:
     t0 = time.perf_counter()
     for frame in pipe.stream(portrait, chunks, **kw):
       if first is None:

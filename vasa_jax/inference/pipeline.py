@@ -21,13 +21,23 @@ import pathlib
 import time
 from typing import Any, Iterable, Iterator
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.common import SAMPLE_RATE, SAMPLES_PER_FRAME
+from vasa_jax import params_io
+from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from vasa_jax.data import face_crop, face_labels, media
+from vasa_jax.diffusion import sampler as sampler_lib
 from vasa_jax.errors import CheckpointError, VasaInputError
+from vasa_jax.fileio import atomic_write_text
+from vasa_jax.image_ops import to_uint8_image
 from vasa_jax.inference.controls import check_controls
+from vasa_jax.inference.streaming import SAMPLE_LOOKAHEAD
+from vasa_jax.models import face_model, layers, motion_dit, motion_labels
+from vasa_jax.models.face_model import FaceModel
+from vasa_jax.models.layers import fast_init_key
 
 PIPELINE_FILE = "pipeline.json"
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parent.parent / "assets" / "demo"
@@ -121,11 +131,6 @@ class Pipeline:
                cfg_gaze: float | None = None, pose_mode: str = "relative",
                compute_dtype: str = "float32", render_batch: int = 0,
                mouth_scale: float | None = None):
-    # pylint: disable=import-outside-toplevel
-    from vasa_jax.diffusion import sampler as sampler_lib
-    from vasa_jax.models import layers, motion_dit, motion_labels
-    from vasa_jax.models.face_model import FaceModel
-
     if pose_mode not in ("relative", "absolute"):
       raise ValueError(f"pose_mode must be 'relative' or 'absolute', got {pose_mode!r}")
     self.latent_config, self.motion_config = latent_config, motion_config
@@ -167,20 +172,14 @@ class Pipeline:
 
     @jax.jit
     def encode_portrait(params, img, labels, valid):  # (1, R, R, 3) uint8, (1, 5), (1,)
-      x = img.astype(jnp.float32) / 127.5 - 1.0
-      lat = face.apply({"params": params}, x, method=FaceModel.encode)
-      # As in training: the face mesh's pose and mouth (rows are invalid without label_motion).
-      z_pose, z_dyn = motion_labels.apply_motion_labels(lat["z_pose"], lat["z_dyn"], labels, valid)
-      v_can = face.apply({"params": params}, lat["v_app"], lat["z_id"], z_pose, z_dyn, x,
-                         method=FaceModel.canonicalize)
-      return v_can, lat["z_id"], z_pose, z_dyn
+      return face_model.encode_portrait(face, params, img, labels, valid)
 
     @jax.jit
     def render(params, v_can, z_id, z_pose, z_dyn):  # (1, ...) portrait, (n, 6), (n, Zd)
       n = z_pose.shape[0]
       v, zi = broadcast_batch((v_can, z_id), n)
       img = face.apply({"params": params}, v, zi, z_pose, z_dyn, method=FaceModel.render)
-      return jnp.clip(jnp.round((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+      return to_uint8_image(img)
 
     self._encode_portrait, self._render = encode_portrait, render
 
@@ -202,7 +201,6 @@ class Pipeline:
     fps, plus the 176 samples (11 ms) the last frame's log-mel rows reach past it; with a source
     that delivers `chunk_samples` at a time, rounded up to whole chunks.
     """
-    from vasa_jax.inference.streaming import SAMPLE_LOOKAHEAD  # pylint: disable=import-outside-toplevel
     frames = (first_window or self.window) + self.audio_lookahead
     need = frames * SAMPLES_PER_FRAME + SAMPLE_LOOKAHEAD
     if chunk_samples:
@@ -224,16 +222,12 @@ class Pipeline:
 
   def prepare_portrait(self, image, *, source: str | None = None) -> Portrait:
     """Reads, crops (as in training) and encodes a portrait once."""
-    # pylint: disable=import-outside-toplevel
-    from vasa_jax.data import face_crop, media
-    from vasa_jax.models import motion_labels
-
     if source is None:
       source = str(image) if isinstance(image, (str, os.PathLike)) else "<array>"
     img = media.read_image(image)
     face = face_crop.crop_image(img, self.resolution, source=source)
-    labels, valid = motion_labels.landmark_labels(face.landmarks[None], self.resolution,
-                                                  self._face_cfg)
+    labels, valid = face_labels.landmark_labels(face.landmarks[None], self.resolution,
+                                                self._face_cfg)
     v_can, z_id, z_pose, z_dyn = self._encode_portrait(self.latent_params, face.image[None],
                                                        labels, valid)
     return Portrait(crop=face.image, v_can=v_can, z_id=z_id, z_pose=z_pose, z_dyn=z_dyn)
@@ -310,7 +304,7 @@ class Pipeline:
       mouth_scale: gain on the mouth opening's departure from the portrait's (default: the
         pipeline's; 1 = as sampled).
       seed: random seed (same seed, same video).
-      sample_rate: the rate of an audio array (default 16000).
+      sample_rate: the rate of an audio array (default SAMPLE_RATE).
       progress: show a progress bar over windows.
 
     Returns:
@@ -324,7 +318,7 @@ class Pipeline:
     check_controls(gaze=gaze, distance=distance, emotion=emotion, cfg_audio=cfg_audio,
                    cfg_gaze=cfg_gaze, steps=steps, mouth_scale=mouth_scale, seed=seed)
     mouth_scale = self._mouth_scale(mouth_scale)  # checked before any slow work
-    wav = media.read_audio(audio, sr=16000, orig_sr=sample_rate or 16000)
+    wav = media.read_audio(audio, sr=SAMPLE_RATE, orig_sr=sample_rate or SAMPLE_RATE)
     portrait = image if isinstance(image, Portrait) else self.prepare_portrait(image)
     t1 = time.perf_counter()
     num_frames = audio_features.frames_for_audio(wav.shape[0])
@@ -368,7 +362,7 @@ class Pipeline:
     bar.close()
     t2 = time.perf_counter()
     return GenerationResult(
-        frames=frames, fps=25.0, audio=wav, sample_rate=16000,
+        frames=frames, fps=float(FPS), audio=wav, sample_rate=SAMPLE_RATE,
         motion=np.concatenate(motions),
         timings={"prepare_s": t1 - t0, "generate_s": t2 - t1,
                  "fps": num_frames / max(t2 - t1, 1e-9)})
@@ -429,13 +423,11 @@ def save_pipeline(out_dir, latent_config, latent_params, motion_config, motion_p
   """Writes a self-describing pipeline directory (latent/, motion/, pipeline.json) with the
   default sampling steps and guidance scales (None: the motion config's) and mouth scale
   (None: 1)."""
-  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
-
   check_controls(steps=steps, cfg_audio=cfg_audio, cfg_gaze=cfg_gaze, mouth_scale=mouth_scale)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  checkpoint.export_params(latent_params, latent_config, out / "latent", dtype=dtype)
-  checkpoint.export_params(motion_params, motion_config, out / "motion", dtype=dtype)
+  params_io.export_params(latent_params, latent_config, out / "latent", dtype=dtype)
+  params_io.export_params(motion_params, motion_config, out / "motion", dtype=dtype)
   meta = {"format": "vasa-jax-pipeline", "version": 1,
           "motion_stats": {"mean": [float(v) for v in motion_stats["mean"]],
                            "std": [float(v) for v in motion_stats["std"]]},
@@ -444,9 +436,7 @@ def save_pipeline(out_dir, latent_config, latent_params, motion_config, motion_p
                              else cfg_audio),
           "cfg_gaze": float(motion_config.diffusion.cfg_gaze if cfg_gaze is None else cfg_gaze),
           "mouth_scale": check_mouth_scale(1.0 if mouth_scale is None else mouth_scale)}
-  tmp = out / (PIPELINE_FILE + ".tmp")
-  tmp.write_text(json.dumps(meta, indent=1))
-  os.replace(tmp, out / PIPELINE_FILE)
+  atomic_write_text(out / PIPELINE_FILE, json.dumps(meta, indent=1))
   return out
 
 
@@ -459,8 +449,6 @@ def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
       compute_dtype, render_batch); the first four default to the values stored with the
       pipeline.
   """
-  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
-
   p = pathlib.Path(path).expanduser() if path is not None else DEFAULT_CHECKPOINT
   meta_path = p / PIPELINE_FILE
   if not meta_path.is_file():
@@ -468,8 +456,8 @@ def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
             if path is None else "pass a directory written by `vasa-jax export`")
     raise CheckpointError(f"No pipeline checkpoint at {p} ({PIPELINE_FILE} not found): {hint}.")
   meta = _read_pipeline_meta(meta_path)
-  latent_config, latent_params = checkpoint.load_exported(p / "latent")
-  motion_config, motion_params = checkpoint.load_exported(p / "motion")
+  latent_config, latent_params = params_io.load_exported(p / "latent")
+  motion_config, motion_params = params_io.load_exported(p / "motion")
   for k in ("steps", "cfg_audio", "cfg_gaze", "mouth_scale"):  # older directories lack some
     kwargs.setdefault(k, meta.get(k))
   try:
@@ -507,11 +495,6 @@ def _read_pipeline_meta(meta_path: pathlib.Path) -> dict:
 
 def init_random_params(latent_config, motion_config, seed: int = 0):
   """Randomly initialised (unboxed) stage 1 and stage 2 parameters, for tests and benchmarks."""
-  # pylint: disable=import-outside-toplevel
-  import flax.linen as nn
-  from vasa_jax.models.face_model import FaceModel
-  from vasa_jax.models.layers import fast_init_key
-
   r = int(latent_config.model.resolution)
   img = jnp.zeros((1, r, r, 3), jnp.float32)
   k_lat, k_mot = jax.random.split(fast_init_key(jax.random.key(seed)))
@@ -522,10 +505,6 @@ def init_random_params(latent_config, motion_config, seed: int = 0):
 
 def init_motion_params(motion_config, rng):
   """Randomly initialised (boxed) MotionModel parameters for a `configs/motion.py` config."""
-  # pylint: disable=import-outside-toplevel
-  from vasa_jax.models import motion_dit
-  from vasa_jax.train import motion_task
-
   m, e = motion_config.model, int(motion_config.model.emotion_dim)
   w, k = int(m.window), int(m.context)
   batch = {"motion": np.zeros((1, w, int(m.motion_dim)), np.float32),
@@ -535,7 +514,7 @@ def init_motion_params(motion_config, rng):
            "has_prev": np.zeros((1,), bool), "gaze": np.zeros((1, 2), np.float32),
            "distance": np.zeros((1, 1), np.float32), "emotion": np.zeros((1, e), np.float32),
            "emotion_mask": np.zeros((1,), bool)}
-  cond = motion_task.batch_cond(batch, motion_task.full_masks(batch, w))
+  cond = motion_dit.batch_cond(batch, motion_dit.full_masks(batch, w))
   model = motion_dit.build_motion_model(motion_config)
   return jax.jit(model.init)(rng, jnp.asarray(batch["motion"]), jnp.zeros((1,), jnp.int32),
                              cond)["params"]

@@ -5,12 +5,20 @@ source person making the driver's head movements and expressions.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from vasa_jax.inference.pipeline import broadcast_batch
+from vasa_jax.constants import FPS, SAMPLE_RATE
+from vasa_jax.data import face_crop, face_labels, media
+from vasa_jax.image_ops import to_float_image, to_uint8_image
+from vasa_jax.inference.extract_motion import load_face_model
+from vasa_jax.inference.pipeline import DEFAULT_CHECKPOINT, broadcast_batch
+from vasa_jax.models import layers, motion_labels as ml
+from vasa_jax.models.face_model import FaceModel, encode_portrait
 
 
 def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndarray, *,
@@ -23,24 +31,12 @@ def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndar
   `source_labels` ((1, 5), (1,)) and `driver_labels` ((T, 5), (T,)) are (labels, valid) of
   `motion_labels` for a model with `label_motion` (None: the encoder's own motion).
   """
-  from vasa_jax.models import motion_labels as ml  # pylint: disable=import-outside-toplevel
-  from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
-
-  to_float = lambda x: x.astype(jnp.float32) / 127.5 - 1.0
   n_drv = driver_crops.shape[0]
   source_labels = ml.no_labels(1) if source_labels is None else source_labels
   driver_labels = ml.no_labels(n_drv) if driver_labels is None else driver_labels
 
-  @jax.jit
-  def encode_source(params, img, labels, valid):
-    lat = model.apply({"params": params}, to_float(img), method=FaceModel.encode)
-    z_pose, z_dyn = ml.apply_motion_labels(lat["z_pose"], lat["z_dyn"], labels, valid)
-    v_can = model.apply({"params": params}, lat["v_app"], lat["z_id"], z_pose, z_dyn,
-                        to_float(img), method=FaceModel.canonicalize)
-    return v_can, lat["z_id"], z_pose, z_dyn
-
   def encode_driver(params, imgs, labels, valid):
-    z_pose, z_dyn = model.apply({"params": params}, to_float(imgs),
+    z_pose, z_dyn = model.apply({"params": params}, to_float_image(imgs),
                                 method=FaceModel.encode_motion)
     return ml.apply_motion_labels(z_pose, z_dyn, labels, valid)
 
@@ -51,9 +47,11 @@ def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndar
     out = model.apply({"params": params}, broadcast_batch(v_can, n),
                       broadcast_batch(z_id, n), z_pose + offset_pose,
                       z_dyn + offset_dyn, method=FaceModel.render)
-    return jnp.clip(jnp.round((out + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    return to_uint8_image(out)
 
-  v_can, z_id, z_pose_s, z_dyn_s = encode_source(params, source_crop[None], *source_labels)
+  # The source is encoded as `Pipeline.prepare_portrait` encodes a portrait.
+  v_can, z_id, z_pose_s, z_dyn_s = jax.jit(functools.partial(encode_portrait, model))(
+      params, source_crop[None], *source_labels)
   if relative:
     z_pose_d0, z_dyn_d0 = jax.jit(encode_driver)(params, driver_crops[:1], driver_labels[0][:1],
                                                  driver_labels[1][:1])
@@ -73,23 +71,26 @@ def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndar
 
 def reenact(checkpoint, source, driving, out, *, relative: bool = False) -> str:
   """Reads the inputs, crops them as in training, renders and writes `out` with the driver's
-  audio (when it has any)."""
-  # pylint: disable=import-outside-toplevel
-  from vasa_jax.data import face_crop, media
-  from vasa_jax.data.extract_motion import load_face_model
+  audio (when it has any).
 
-  from vasa_jax.models import layers, motion_labels as ml
+  Args:
+    checkpoint: a stage 1 training workdir, its export, or a pipeline directory (None: the
+      bundled demo pipeline).
+    source: the portrait; driving: the video whose motion drives it; out: the .mp4 to write.
+    relative: apply the driver's motion as an offset from its first frame.
+  """
+  checkpoint = DEFAULT_CHECKPOINT if checkpoint is None else checkpoint
 
   config, model, params = load_face_model(checkpoint)
   r = int(config.model.resolution)
   face_cfg = layers.as_face_config(config.model)
   src = face_crop.crop_image(media.read_image(source), r, source=str(source))
-  video = media.read_video(driving, fps=25.0, max_side=640)
+  video = media.read_video(driving, fps=float(FPS), max_side=640)
   drv = face_crop.crop_clip(video.frames, r, source=str(driving), progress=True)
   # The face mesh's pose and mouth, as in training (all invalid without `label_motion`).
   frames = reenact_frames(model, params, src.image, drv.frames, relative=relative,
-                          source_labels=ml.landmark_labels(src.landmarks[None], r, face_cfg),
-                          driver_labels=ml.landmark_labels(drv.landmarks, r, face_cfg))
-  media.write_video(out, frames, fps=25.0, audio=video.audio, sr=16000)
+                          source_labels=face_labels.landmark_labels(src.landmarks[None], r, face_cfg),
+                          driver_labels=face_labels.landmark_labels(drv.landmarks, r, face_cfg))
+  media.write_video(out, frames, fps=float(FPS), audio=video.audio, sr=SAMPLE_RATE)
   print(f"Wrote {out}: {len(frames)} frames")
   return str(out)

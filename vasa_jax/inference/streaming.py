@@ -35,12 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.common import N_MELS, ROWS_PER_FRAME, SAMPLES_PER_FRAME
+from vasa_jax.constants import CFG_AUDIO, CFG_GAZE, N_MELS, ROWS_PER_FRAME, SAMPLES_PER_FRAME
+from vasa_jax.data.audio_features import frames_for_audio, log_mel
 from vasa_jax.diffusion import sampler as sampler_lib
+from vasa_jax.models.motion_dit import make_apply_fns
 
 # Rows of frame t are centred up to sample 640 t + 560 and span n_fft / 2 = 256 samples around it.
 SAMPLE_LOOKAHEAD = 176
-_SAMPLE_CONTEXT = SAMPLES_PER_FRAME  # one frame of earlier samples covers a row's left half
 
 
 class MotionStream:
@@ -64,8 +65,8 @@ class MotionStream:
 
   def __init__(self, sample_window_fn: Callable, params, encode_fn: Callable, controls: dict,
                rng: jax.Array, *, window: int, context: int, motion_dim: int, audio_dim: int,
-               receptive_past: int, lookahead: int = 0, cfg_audio: float = 0.5,
-               cfg_gaze: float = 1.0, first_window: int | None = None):
+               receptive_past: int, lookahead: int = 0, cfg_audio: float = CFG_AUDIO,
+               cfg_gaze: float = CFG_GAZE, first_window: int | None = None):
     first_window = window if first_window is None else int(first_window)
     if not 1 <= first_window <= window:
       raise ValueError(f"first_window must be in [1, {window}] (the window W), got {first_window}")
@@ -141,8 +142,6 @@ class MotionStream:
     self._feats = np.concatenate([self._feats, frames], 0)
 
   def _add_samples(self, samples: np.ndarray, final: bool):
-    from vasa_jax.data.audio_features import frames_for_audio, log_mel  # numpy only
-
     self._samples = np.concatenate([self._samples, samples])
     total = self._sample_start + self._samples.size
     if final:
@@ -246,8 +245,6 @@ def make_stream(model, params, config, controls: dict, rng: jax.Array, *,
   Returns:
     The stream.
   """
-  from vasa_jax.models.motion_dit import make_apply_fns  # pylint: disable=import-outside-toplevel
-
   denoise_fn, encode_fn = make_apply_fns(model)
   window_fn = sample_window_fn or sampler_lib.make_sample_window(denoise_fn, config, steps=steps,
                                                                  sampler=sampler)

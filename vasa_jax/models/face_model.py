@@ -17,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vasa_jax.models import layers
+from vasa_jax.image_ops import to_float_image
+from vasa_jax.models import layers, motion_labels
 from vasa_jax.models.face_decoder import FaceDecoder
 from vasa_jax.models.face_encoder import FaceEncoder
 
@@ -94,3 +95,23 @@ class FaceModel(nn.Module):
   def __call__(self, src: jax.Array, drv: jax.Array) -> jax.Array:
     """`reconstruct`; used by `init` because it touches every submodule."""
     return self.reconstruct(src, drv)
+
+
+def encode_portrait(model: FaceModel, params, img: jax.Array, labels: jax.Array,
+                    valid: jax.Array):
+  """A source portrait's canonical volume and latents, as in training: the face mesh's pose and
+  mouth pin the labelled entries (`motion_labels`; rows are invalid without `label_motion`).
+
+  Args:
+    model, params: the stage 1 model and its parameters.
+    img: (B, R, R, 3) uint8 crops; labels: (B, 5); valid: (B,).
+
+  Returns:
+    (v_can, z_id, z_pose, z_dyn) for `FaceModel.render`.
+  """
+  x = to_float_image(img)
+  lat = model.apply({"params": params}, x, method=FaceModel.encode)
+  z_pose, z_dyn = motion_labels.apply_motion_labels(lat["z_pose"], lat["z_dyn"], labels, valid)
+  v_can = model.apply({"params": params}, lat["v_app"], lat["z_id"], z_pose, z_dyn, x,
+                      method=FaceModel.canonicalize)
+  return v_can, lat["z_id"], z_pose, z_dyn

@@ -307,7 +307,6 @@ class FaceConfig:
   disc_scales: int = 2
   disc_layers: int = 3
   groups: int = 4
-  spectral_norm: bool = False
   weight_std: bool = False
   # Warp the source image itself in 2D (flow projected from the 3D warps) and let G2D paint
   # only what the warp cannot show (an occlusion mask blends the two). Not in MegaPortraits:
@@ -339,9 +338,6 @@ class FaceConfig:
     if self.z_pose_dim != 6:
       raise ValueError(f"config.model.z_pose_dim must be 6 (yaw, pitch, roll, tx, ty, log "
                        f"scale), got {self.z_pose_dim}")
-    if self.spectral_norm:
-      raise ValueError("config.model.spectral_norm=True is not implemented; set it to False "
-                       "(weight_std=True gives MegaPortraits' other conv regulariser)")
     return self
 
 
@@ -352,3 +348,11 @@ def as_face_config(config: Any) -> FaceConfig:
   names = {f.name for f in dataclasses.fields(FaceConfig)}
   items = config.items() if hasattr(config, "items") else vars(config).items()
   return FaceConfig(**{k: v for k, v in items if k in names}).validate()
+
+
+def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Cosine similarity along the last axis. Args: a, b (..., D). Returns (...) float32."""
+  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+  a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), eps)
+  b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), eps)
+  return jnp.sum(a * b, axis=-1)

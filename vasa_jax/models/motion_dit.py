@@ -281,3 +281,22 @@ def make_apply_fns(model: MotionModel) -> tuple[Callable, Callable]:
     return model.apply({"params": params}, feats, method=MotionModel.encode_audio)
 
   return denoise_fn, encode_fn
+
+
+def batch_cond(batch: dict, masks: dict) -> dict:
+  """The `MotionModel.__call__` condition (raw log-mel audio) from a batch and its masks."""
+  f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+  return {"audio": f32(batch["audio"]), "audio_prev": f32(batch["audio_prev"]),
+          "audio_prev_valid": jnp.asarray(batch["has_prev"], bool),
+          "motion_prev": f32(batch["motion_prev"]), "gaze": f32(batch["gaze"]),
+          "distance": f32(batch["distance"]), "emotion": f32(batch["emotion"]), **masks}
+
+
+def full_masks(batch: dict, window: int) -> dict:
+  """Masks with nothing dropped beyond what the data lacks (for evaluation)."""
+  b = batch["has_prev"].shape[0]
+  ones = jnp.ones((b,), bool)
+  return {"has_audio": jnp.ones((b, window), bool),
+          "has_prev": jnp.asarray(batch["has_prev"], bool),
+          "has_gaze": ones, "has_distance": ones,
+          "has_emotion": jnp.asarray(batch["emotion_mask"], bool)}

@@ -64,17 +64,6 @@ def no_labels(n: int) -> tuple[np.ndarray, np.ndarray]:
   return np.zeros((n, LABEL_DIM), np.float32), np.zeros((n,), np.float32)
 
 
-def landmark_labels(landmarks, resolution: int, cfg) -> tuple[np.ndarray, np.ndarray]:
-  """Label vectors (T, 5) and valid (T,) of crops' (T, 478, 3) landmarks (crop pixels), as
-  preprocessing labels them; all invalid for a model without `label_motion`."""
-  landmarks = np.asarray(landmarks, np.float32)
-  if not cfg.label_motion:
-    return no_labels(landmarks.shape[0])
-  from vasa_jax.data import face_labels  # pylint: disable=import-outside-toplevel
-  lab = face_labels.label_clip(landmarks, resolution)
-  return motion_labels(lab["head_pose"], lab["face_scale"], lab["mouth_open"], cfg)
-
-
 def apply_motion_labels(z_pose: jax.Array, z_dyn: jax.Array, labels: jax.Array,
                         valid: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Replaces the labelled entries where `valid`.

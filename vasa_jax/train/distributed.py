@@ -58,6 +58,3 @@ def _explicit_cluster_args() -> dict:
     kw["process_id"] = int(os.environ["VASA_PROCESS_ID"])
   return kw
 
-
-def is_main_process() -> bool:
-  return jax.process_index() == 0

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from jax.experimental import multihost_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vasa_jax.data import pipelines
 from vasa_jax.errors import VasaInputError
+from vasa_jax.image_ops import to_float_image, to_uint8_image
 from vasa_jax.models import layers
 from vasa_jax.models import motion_labels
 from vasa_jax.models.discriminator import Discriminator
@@ -33,18 +36,6 @@ _WEIGHTS = ("l1", "pyramid", "ssim", "vgg", "adversarial", "feature_matching", "
 # Label vectors of source, driver, driver2 (`vasa_jax.data.pipelines`); optional in a batch.
 LABEL_KEYS = ("motion_labels", "labels_valid")
 MOUTH_BOX = "mouth_box"  # (B, 3, 4) of source, driver, driver2 (`face_labels.mouth_box`)
-
-
-def to_float_image(x: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [-1, 1] (float inputs are assumed to be in [-1, 1] already)."""
-  if jnp.issubdtype(x.dtype, jnp.integer):
-    return x.astype(jnp.float32) / 127.5 - 1.0
-  return x.astype(jnp.float32)
-
-
-def to_uint8_image(x: np.ndarray) -> np.ndarray:
-  """float [-1, 1] -> uint8 [0, 255]."""
-  return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def _split_disc(outs, n: int):
@@ -314,20 +305,18 @@ class LatentTask:
     src, drv, oth = (batch[k][:n] for k in ("source", "driver", "other"))
     recon, cross = self._sample_fn(self._eval_params(state), src, drv, oth)
     rows = [_host(src), _host(drv), _host(recon), _host(oth), _host(cross)]
-    rows = [r if r.dtype == np.uint8 else to_uint8_image(r) for r in rows]
+    rows = [r if r.dtype == np.uint8 else np.asarray(to_uint8_image(r)) for r in rows]
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
   # ------------------------------------------------------------------------------ data
 
   def make_dataset(self, split: str, process_index: int, process_count: int):
     """Host-local batches {source, driver, driver2, other} from `vasa_jax.data.pipelines`."""
-    from vasa_jax.data import pipelines  # pylint: disable=import-outside-toplevel
     return pipelines.make_dataset(self.config, split, process_index, process_count)
 
 
 def _host(x) -> np.ndarray:
   """Array (possibly sharded over hosts) -> numpy on this host."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))

@@ -16,6 +16,7 @@ import time
 from typing import Any, Sequence
 
 import flax.linen as nn
+from jax.experimental import multihost_utils
 import jax
 from etils import epath
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from vasa_jax import config_utils
 from vasa_jax.errors import VasaInputError
+from vasa_jax.fileio import atomic_write_bytes
 from vasa_jax.train import checkpoint as ckpt_lib
 from vasa_jax.train import distributed
 from vasa_jax.train import optim
@@ -257,16 +259,14 @@ def _check_finite(first_bad, checkpointer):
             if last is not None else "no checkpoint was written yet")
     raise NonFiniteLossError(
         f"Loss became NaN/inf at step {bad}; stopped without saving the bad state, {kept}. "
-        "Lower --config.optim.lr, enable --config.optim.grad_clip or check the input data.")
+        "Lower --config.optim.lr (or the gradient clip, --config.optim.grad_clip) or check the "
+        "input data.")
 
 
 def _save_png(image: np.ndarray, path: epath.Path):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / (path.name + ".tmp")
   buf = io.BytesIO()
   Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
-  tmp.write_bytes(buf.getvalue())
-  tmp.replace(path)
+  atomic_write_bytes(path, buf.getvalue())
 
 
 def _is_local(path: epath.Path) -> bool:
@@ -314,7 +314,6 @@ def _past(deadline: float | None, process_count: int) -> bool:
     return False
   past = time.perf_counter() >= deadline
   if process_count > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     past = bool(multihost_utils.broadcast_one_to_all(np.bool_(past)))
   return past
 

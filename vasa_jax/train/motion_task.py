@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vasa_jax.data import pipelines
 from vasa_jax.diffusion import schedule as schedule_lib
 from vasa_jax.models import motion_labels
-from vasa_jax.models.motion_dit import build_motion_model
+from vasa_jax.models.motion_dit import batch_cond, build_motion_model, full_masks
 from vasa_jax.train import motion_losses, optim
 from vasa_jax.train.state import TrainState
 
@@ -50,25 +51,6 @@ def drop_conditions(rng: jax.Array, batch: dict, diffusion_cfg, window: int) -> 
       "has_emotion": jnp.asarray(batch["emotion_mask"], bool)
                      & keep(keys[6], diffusion_cfg.p_drop_emotion),
   }
-
-
-def batch_cond(batch: dict, masks: dict) -> dict:
-  """The `MotionModel.__call__` condition (raw log-mel audio) from a batch and its masks."""
-  f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-  return {"audio": f32(batch["audio"]), "audio_prev": f32(batch["audio_prev"]),
-          "audio_prev_valid": jnp.asarray(batch["has_prev"], bool),
-          "motion_prev": f32(batch["motion_prev"]), "gaze": f32(batch["gaze"]),
-          "distance": f32(batch["distance"]), "emotion": f32(batch["emotion"]), **masks}
-
-
-def full_masks(batch: dict, window: int) -> dict:
-  """Masks with nothing dropped beyond what the data lacks (for evaluation)."""
-  b = batch["has_prev"].shape[0]
-  ones = jnp.ones((b,), bool)
-  return {"has_audio": jnp.ones((b, window), bool),
-          "has_prev": jnp.asarray(batch["has_prev"], bool),
-          "has_gaze": ones, "has_distance": ones,
-          "has_emotion": jnp.asarray(batch["emotion_mask"], bool)}
 
 
 class MotionTask:
@@ -140,8 +122,6 @@ class MotionTask:
 
   def make_dataset(self, split: str, process_index: int, process_count: int):
     """Host-local grain batches of stage 2 windows (`vasa_jax.data.pipelines`)."""
-    from vasa_jax.data import pipelines  # pylint: disable=import-outside-toplevel
-
     return pipelines.make_dataset(self.config, split, process_index, process_count)
 
   def sample_images(self, state: TrainState, batch):

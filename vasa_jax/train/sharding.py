@@ -12,6 +12,7 @@ import math
 from typing import Any, Sequence
 
 import flax.linen as nn
+from jax.experimental import multihost_utils
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -157,6 +158,5 @@ def replicate(value, mesh: Mesh) -> jax.Array:
 def to_host(x) -> np.ndarray:
   """An array (possibly sharded over several processes) -> numpy on this host."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))

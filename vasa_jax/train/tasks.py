@@ -17,7 +17,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from vasa_jax.train.latent_task import LatentTask
+from vasa_jax.train.motion_task import MotionTask
 from vasa_jax.train.state import TrainState
+from vasa_jax.train.toy_task import ToyTask
 
 
 class Task(Protocol):
@@ -50,13 +53,10 @@ def get_task(config) -> Task:
   """
   stage = config.get("stage", None)
   if stage == "latent":
-    from vasa_jax.train.latent_task import LatentTask  # pylint: disable=g-import-not-at-top
     return LatentTask(config)
   if stage == "motion":
-    from vasa_jax.train.motion_task import MotionTask  # pylint: disable=g-import-not-at-top
     return MotionTask(config)
   if stage == "toy":
-    from vasa_jax.train.toy_task import ToyTask  # pylint: disable=g-import-not-at-top
     return ToyTask(config)
   raise ValueError(f"Unknown config.stage {stage!r}; expected one of {STAGES}. "
                    "Pass a config from configs/ (e.g. --config configs/latent.py:tiny)")

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vasa_jax.image_ops import to_uint8_image
 from vasa_jax.train import optim, sharding
 from vasa_jax.train.state import TrainState
 
@@ -103,7 +104,7 @@ class ToyTask:
     pred = sharding.to_host(self._predict(state.params, batch["x"]))[:8]  # (8, Dout)
     y = sharding.to_host(batch["y"])[:8]
     grid = np.concatenate([pred, y], axis=1)  # (8, 2 * Dout)
-    img = np.clip((grid + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    img = np.asarray(to_uint8_image(grid))
     img = np.repeat(np.repeat(img, 8, axis=0), 8, axis=1)  # nearest upscaling
     return np.stack([img] * 3, axis=-1)
 

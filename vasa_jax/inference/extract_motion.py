@@ -16,24 +16,30 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
+from vasa_jax import fileio, params_io
 from vasa_jax.data import records
 from vasa_jax.errors import VasaInputError
+from vasa_jax.image_ops import to_float_image
+from vasa_jax.inference.pipeline import PIPELINE_FILE
+from vasa_jax.models import motion_labels
+from vasa_jax.models.face_model import FaceModel
 
 STATS_NAME = "motion_stats.json"
 
 
 def load_face_model(latent_checkpoint: str | os.PathLike):
-  """Stage 1 model + params from a training workdir or an export directory.
+  """Stage 1 model + params from a training workdir, an export directory or a pipeline
+  directory (`vasa-jax export`; its `latent/` part).
 
   Returns:
     (config, model, params) with `model` a `FaceModel` in float32.
   """
-  from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
-  from vasa_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
-
-  config, params = checkpoint.load_params(latent_checkpoint, ema=True)
+  if (pathlib.Path(latent_checkpoint).expanduser() / PIPELINE_FILE).is_file():
+    latent_checkpoint = pathlib.Path(latent_checkpoint).expanduser() / "latent"
+  config, params = params_io.load_params(latent_checkpoint, ema=True)
   if config is None or config.get("stage") != "latent":
     raise VasaInputError(f"{latent_checkpoint} is not a stage 1 (latent) checkpoint; pass the "
                          "workdir of `vasa-jax train --config configs/latent.py:...`.")
@@ -51,7 +57,6 @@ def pin_labels(model_config, rec: dict, z_pose: np.ndarray, z_dyn: np.ndarray):
   z_pose, z_dyn = np.asarray(z_pose, np.float32), np.asarray(z_dyn, np.float32)
   if not model_config.get("label_motion", False) or "head_pose" not in rec:
     return z_pose, z_dyn
-  from vasa_jax.models import motion_labels  # pylint: disable=import-outside-toplevel
   labels, valid = motion_labels.motion_labels(rec["head_pose"], rec["face_scale"],
                                               rec["mouth_open"], model_config)
   z_pose, z_dyn = motion_labels.apply_motion_labels(
@@ -61,11 +66,9 @@ def pin_labels(model_config, rec: dict, z_pose: np.ndarray, z_dyn: np.ndarray):
 
 def make_motion_encoder(model, params, batch: int):
   """A jitted function (n, R, R, 3) uint8 -> (z_pose (n, 6), z_dyn (n, Dz)), in fixed batches."""
-  from vasa_jax.models.face_model import FaceModel  # pylint: disable=import-outside-toplevel
-
   @jax.jit
   def encode(params, frames):  # (batch, R, R, 3) uint8
-    img = frames.astype(jnp.float32) / 127.5 - 1.0
+    img = to_float_image(frames)
     return model.apply({"params": params}, img, method=FaceModel.encode_motion)
 
   def run(frames: np.ndarray):
@@ -86,7 +89,6 @@ def resize_frames(frames: np.ndarray, resolution: int) -> np.ndarray:
   """(T, H, H, 3) uint8 -> (T, R, R, 3), LANCZOS (returned as is at R)."""
   if frames.shape[1] == resolution:
     return frames
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   return np.stack([np.asarray(Image.fromarray(f).resize((resolution, resolution),
                                                         Image.Resampling.LANCZOS))
                    for f in frames])
@@ -133,7 +135,7 @@ def extract_motion(latent_checkpoint, shards, out, *, batch: int = 32,
     frames_done += frames.shape[0]
     bar.set_postfix(fps=f"{frames_done / max(time.perf_counter() - t0, 1e-9):.0f}")
   stats = motion_stats(dst)
-  records.atomic_write_text(out / STATS_NAME, json.dumps(stats))
+  fileio.atomic_write_text(out / STATS_NAME, json.dumps(stats))
   seconds = time.perf_counter() - t0
   return {"written": len(todo), "total_clips": len(dst.clips), "frames": frames_done,
           "seconds": seconds, "frames_per_second": frames_done / max(seconds, 1e-9)}
