@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vasa_jax.errors import VasaInputError
+
 DEFAULT_MAX_SIZE = 1024
 # Mask shape, in face-mesh extents: half-width and half-height of the ellipse, and how far its
 # centre rises above the mesh's centre (the mesh stops at the brows' top; hair is above).
@@ -68,8 +70,8 @@ def output_size(height: int, width: int, max_size: int | None = DEFAULT_MAX_SIZE
   aspect ratio changes by less than one pixel.
   """
   if max_size is not None and int(max_size) < 16:
-    raise ValueError(f"max_size must be >= 16 pixels (or None for the photo's size), got "
-                     f"{max_size}")
+    raise VasaInputError(f"max_size (--max-size) must be at least 16 pixels, got {max_size}; "
+                         "it caps the output's long side (None: the photo's own size).")
   s = 1.0 if max_size is None else min(1.0, int(max_size) / max(height, width))
   return tuple(max(2, 2 * int(round(v * s / 2))) for v in (height, width))
 
