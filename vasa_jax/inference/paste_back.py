@@ -146,14 +146,19 @@ def paste(frames, photo, crop, mask, scale, translation):
   x = match_colour(frames.astype(jnp.float32), crop, mask)
   up = jax.image.scale_and_translate(x, (b, h, w, 3), (1, 2), scale, translation,
                                      method="cubic", antialias=True)
-  m = jax.image.scale_and_translate(mask[:, :, None], (h, w, 1), (0, 1), scale, translation,
-                                    method="linear", antialias=True)
-  # Interpolation leaves tiny non-zero weights near the edge: below half a grey level of effect,
-  # drop them, so that outside the head the photo's pixels are kept exactly.
-  m = jnp.where(m < 1.0 / 512.0, 0.0, jnp.clip(m, 0.0, 1.0))[None]  # (1, H, W, 1)
+  m = output_mask(mask, (h, w), scale, translation)[None, :, :, None]  # (1, H, W, 1)
   p = photo.astype(jnp.float32)[None]
   out = p + m * (up - p)
   return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
+
+
+def output_mask(mask, size: tuple[int, int], scale, translation):
+  """The (R, R) crop mask warped to the output, (H, W) float32 in [0, 1], exactly 0 outside."""
+  m = jax.image.scale_and_translate(mask[:, :, None], tuple(size) + (1,), (0, 1), scale,
+                                    translation, method="linear", antialias=True)[..., 0]
+  # Interpolation leaves tiny non-zero weights near the edge: below half a grey level of effect,
+  # drop them, so that outside the head the photo's pixels are kept exactly.
+  return jnp.where(m < 1.0 / 512.0, 0.0, jnp.clip(m, 0.0, 1.0))
 
 
 def make_target(photo: np.ndarray, crop: np.ndarray, box: np.ndarray,
