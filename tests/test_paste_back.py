@@ -15,10 +15,15 @@ from vasa_jax.errors import VasaInputError
 from vasa_jax.inference import paste_back
 
 R = 128
-# Seam bound: mean |output - photo| over the feather zone of the mask (0.05 < m < 0.95), in grey
-# levels, with the demo decoder's reconstruction of a real portrait pasted back. Measured 2.3 on
-# LivePortrait s1 (colour match on; 3.0 without it); a visible box edge is well above 10.
-SEAM_BOUND = 4.0
+# Seam bounds, in grey levels: mean |output - photo| over the feather zone of the mask
+# (0.05 < m < 0.95), with the demo decoder's reconstruction of a real portrait (LivePortrait s1,
+# 1024 px) pasted back: raw, and after a Gaussian low-pass of 4 px (the step a viewer sees as a
+# box edge; the raw figure also counts the fine detail a 128 px decoder lacks). Measured 5.5 raw
+# and 3.9 low-pass (without colour match 5.6 and 4.0: the demo decoder keeps colours within ~1
+# level); a frame 15 levels too bright stays at the same figures with the colour match and rises
+# to about 10 low-pass without it.
+SEAM_BOUND_RAW = 7.0
+SEAM_BOUND_LOWPASS = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +53,7 @@ def _paste(target, frames):
     ((512, 512), 1024, (512, 512)),  # smaller: its own size
     ((900, 1600), 1024, (576, 1024)),  # landscape
     ((2204, 970), 1024, (1024, 450)),  # portrait orientation
-    ((333, 501), None, (334, 502)),  # odd sides made even, no cap
+    ((333, 501), None, (332, 500)),  # odd sides made even (nearest), no cap
 ])
 def test_output_size_is_the_photos_capped_and_even(hw, max_size, expected):
   assert paste_back.output_size(*hw, max_size) == expected
@@ -80,14 +85,15 @@ def test_paste_keeps_the_photo_outside_the_mask(analyzer, astronaut, shape, face
   outside = mask == 0
   np.testing.assert_array_equal(out[:, outside], np.broadcast_to(photo[outside], (2,) +
                                                                  photo[outside].shape))
-  # The mask covers the head: the face box (in output pixels) is inside it, the crop's
-  # border and everything beyond are outside.
+  # The mask covers the head (below), and nothing outside the crop square (above).
   k = w / shape[1]
-  fy, fx, fs = (np.array(face) * k).astype(int)
-  assert mask[fy + fs // 4:fy + 3 * fs // 4, fx + fs // 4:fx + 3 * fs // 4].min() > 0.99
+  # Eyes, nose, lips, chin, brow top and both cheeks' contour: all fully inside the mask.
+  key = fc.landmarks[[33, 263, 1, 13, 14, 152, 10, 234, 454], :2]
+  xy = (key * (fc.box[2] - fc.box[0]) / R + fc.box[:2]) * k
+  assert mask[xy[:, 1].astype(int), xy[:, 0].astype(int)].min() > 0.99
   bx0, by0, bx1, by1 = (fc.box * k).astype(int)
   ring = np.ones((h, w), bool)
-  ring[max(by0 + 1, 0):by1 - 1, max(bx0 + 1, 0):bx1 - 1] = False
+  ring[max(by0 - 1, 0):by1 + 2, max(bx0 - 1, 0):bx1 + 2] = False
   assert mask[ring].max() == 0
   assert (np.abs(out[0].astype(int) - photo) > 20)[~outside].mean() > 0.3
 
@@ -107,34 +113,33 @@ def test_paste_puts_the_crop_back_where_it_was_cut(analyzer, astronaut):
 
 
 def test_no_visible_seam_on_a_real_portrait(shared_data, demo):
+  import functools
+  from scipy import ndimage
   path = shared_data / "portraits" / "LivePortrait__assets_examples_source_s1.jpg"
   portrait = demo.prepare_portrait(str(path))
   target = demo.paste_target(portrait)
   own = np.concatenate([np.asarray(portrait.z_pose), np.asarray(portrait.z_dyn)], -1)
-  frames = demo.render_frames(portrait, np.repeat(own, 2, 0))  # the decoder's reconstruction
+  frames = demo.render_frames(portrait, own)  # (1, R, R, 3) the decoder's reconstruction
   photo = np.asarray(target.photo).astype(float)
+  assert photo.shape == (1024, 1024, 3)
   mask = np.asarray(paste_back.output_mask(target.mask, photo.shape[:2], target.scale,
                                            target.translation))
   seam = (mask > 0.05) & (mask < 0.95)
+  lowpass = lambda a: ndimage.gaussian_filter(a, (4, 4, 0))
 
-  def seam_mad(fn):
-    out = np.asarray(jax.jit(fn)(frames, *target.tree()))[0].astype(float)
-    return np.abs(out - photo)[seam].mean()
+  def seam_mad(frames, colour_match=True):
+    fn = jax.jit(functools.partial(paste_back.paste, colour_match=colour_match))
+    out = np.asarray(fn(frames, *target.tree()))[0].astype(float)
+    return (np.abs(out - photo)[seam].mean(),
+            np.abs(lowpass(out) - lowpass(photo))[seam].mean())
 
-  matched = seam_mad(paste_back.paste)
-  unmatched = seam_mad(_paste_without_colour_match)
-  assert matched < SEAM_BOUND, (matched, unmatched)
-  assert matched < unmatched, (matched, unmatched)
-
-
-def _paste_without_colour_match(frames, photo, crop, mask, scale, translation):
-  """`paste` with the colour match switched off (the ablation of the seam test)."""
-  orig = paste_back.match_colour
-  try:
-    paste_back.match_colour = lambda f, c, m: f
-    return paste_back.paste(frames, photo, crop, mask, scale, translation)
-  finally:
-    paste_back.match_colour = orig
+  raw, low = seam_mad(frames)
+  assert raw < SEAM_BOUND_RAW and low < SEAM_BOUND_LOWPASS, (raw, low)
+  # A decoder that drifts in brightness: the colour match hides it at the seam.
+  bright = np.clip(frames.astype(int) + 15, 0, 255).astype(np.uint8)
+  raw_b, low_b = seam_mad(bright)
+  _, low_off = seam_mad(bright, colour_match=False)
+  assert low_b < SEAM_BOUND_LOWPASS < low_off, (low_b, low_off)
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +293,7 @@ def test_face_at_the_border_warns_and_pads_with_a_mirror(analyzer, astronaut):
   assert pad.std(axis=1).mean() > 2.0
   target = paste_back.make_target(photo, fc.image, fc.box, fc.landmarks, 1024)
   out = _paste(target, fc.image[None])
-  assert out.shape[1:3] == photo.shape[:2]
+  assert out.shape[1:3] == paste_back.output_size(*photo.shape[:2]) == (360, 296)
 
 
 def test_face_near_the_border_without_cut_does_not_warn(analyzer, astronaut):

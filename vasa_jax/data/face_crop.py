@@ -284,8 +284,8 @@ def _blurred_mirror_pad(region: np.ndarray, pads: tuple, sigma: float) -> np.nda
   h, w = mirrored.shape[:2]
   yy = np.arange(h, dtype=np.float32)[:, None]
   xx = np.arange(w, dtype=np.float32)[None, :]
-  dist = np.maximum.reduce([t - yy, yy - (h - 1 - b), l - xx, xx - (w - 1 - r),
-                            np.zeros((h, w), np.float32)])  # (h, w) px outside the region
+  dist = np.maximum(np.maximum(t - yy, yy - (h - 1 - b)),
+                    np.maximum(l - xx, xx - (w - 1 - r)))  # (h, w) px outside the region
   weight = np.clip(dist / max(sigma, 1.0), 0.0, 1.0)[..., None]
   out = mirrored * (1.0 - weight) + blurred * weight
   out = np.clip(np.round(out), 0, 255).astype(np.uint8)

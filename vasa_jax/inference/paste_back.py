@@ -34,9 +34,9 @@ from vasa_jax.errors import VasaInputError
 DEFAULT_MAX_SIZE = 1024
 # Mask shape, in face-mesh extents: half-width and half-height of the ellipse, and how far its
 # centre rises above the mesh's centre (the mesh stops at the brows' top; hair is above).
-_MASK_HALF_WIDTH = 0.78
-_MASK_HALF_HEIGHT = 0.85
-_MASK_RISE = 0.16
+_MASK_HALF_WIDTH = 0.85
+_MASK_HALF_HEIGHT = 0.95
+_MASK_RISE = 0.12
 _FEATHER = 0.10  # feather width, fraction of the crop side
 _COLOUR_SIGMA = 0.12  # colour-match blur, fraction of the crop side
 
@@ -134,16 +134,19 @@ def match_colour(frames, crop, mask):
   return frames + num / jnp.maximum(den, 1e-3)
 
 
-def paste(frames, photo, crop, mask, scale, translation):
+def paste(frames, photo, crop, mask, scale, translation, *, colour_match: bool = True):
   """Generated crops (B, R, R, 3) uint8 -> full frames (B, H, W, 3) uint8 on the photo.
 
   Args:
     frames: (B, R, R, 3) uint8 decoder output.
     photo, crop, mask, scale, translation: a `PasteTarget`'s fields.
+    colour_match: apply `match_colour` (off only to measure what it does).
   """
   b = frames.shape[0]
   h, w = photo.shape[:2]
-  x = match_colour(frames.astype(jnp.float32), crop, mask)
+  x = frames.astype(jnp.float32)
+  if colour_match:
+    x = match_colour(x, crop, mask)
   up = jax.image.scale_and_translate(x, (b, h, w, 3), (1, 2), scale, translation,
                                      method="cubic", antialias=True)
   m = output_mask(mask, (h, w), scale, translation)[None, :, :, None]  # (1, H, W, 1)
