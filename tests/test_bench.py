@@ -7,7 +7,8 @@ import pytest
 def test_bench_tiny_reports_every_part(tmp_path, capsys):
   from vasa_jax import bench
   out = tmp_path / "bench.json"
-  result = bench.run("configs/demo.py:tiny", (), seconds=1.0, out=str(out), repeats=1)
+  result = bench.run("configs/demo.py:tiny", (), seconds=1.0, out=str(out), repeats=1,
+                     paste_size=256)
   printed = capsys.readouterr().out
   assert "end to end offline" in printed and "| part" in printed
   saved = json.loads(out.read_text())
@@ -25,7 +26,13 @@ def test_bench_tiny_reports_every_part(tmp_path, capsys):
   assert lat[5]["audio_buffering_s"] < lat[w]["audio_buffering_s"] == saved[
       "stream_audio_buffering_s"]
   assert all(row["first_frame_compute_s"] > 0 for row in lat.values())
-  assert all(r["time_s"] > 0 for r in saved["rows"])
+  assert all(r["time_s"] > 0 for r in saved["rows"] if "difference" not in r["part"])
+  # Paste-back: its cost per frame and the offline and streaming rates with it on.
+  assert any(p.startswith("decoder + paste-back to 256x256") for p in parts)
+  assert any("paste-back alone" in p for p in parts)
+  assert any(p.startswith("end to end offline, paste-back 256") for p in parts)
+  assert saved["offline_paste_fps"] > 0 and saved["stream_paste_fps"] > 0
+  assert saved["paste_s_per_frame"] >= 0 and "paste-back to 256x256" in printed
 
 
 def test_bench_reports_the_levers(tmp_path, capsys):

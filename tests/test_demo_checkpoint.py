@@ -36,7 +36,7 @@ def test_bundled_checkpoint_is_small_and_self_describing():
 def test_demo_generates_moving_frames(demo, speech):
   from skimage import data
   result = demo.generate(data.astronaut(), speech, seed=0)
-  assert result.frames.shape == (50, demo.resolution, demo.resolution, 3)
+  assert result.frames.shape == (50, 512, 512, 3)  # pasted back into the 512 x 512 photo
   assert np.isfinite(result.motion).all()
   # Frames differ over time (the motion is used), and are not a flat colour.
   assert np.abs(np.diff(result.frames.astype(np.float32), axis=0)).mean() > 0.01

@@ -106,7 +106,7 @@ def test_crop_image_astronaut(analyzer, astronaut):
 
 
 def test_crop_image_pads_outside_the_image(analyzer, astronaut):
-  # The face at the top-left corner: the crop square leaves the image and is edge-padded.
+  # The face at the top-left corner: the crop square leaves the image and is padded.
   shifted = np.ascontiguousarray(astronaut[60:, 110:])
   fc = face_crop.crop_image(shifted, R, analyzer=analyzer)
   assert fc.box[1] < 0

@@ -45,7 +45,7 @@ def test_generate_api_frame_count_and_range(pipe, speech):
   result = pipe.generate(os.fspath(_portrait_path()), speech, steps=2, seed=1)
   assert result.frames.dtype == np.uint8
   assert result.frames.shape[0] == int(np.ceil(1.3 * 25))
-  assert result.frames.shape[1:] == (pipe.resolution, pipe.resolution, 3)
+  assert result.frames.shape[1:] == (512, 512, 3)  # pasted back: the photo's size
   assert result.motion.shape == (result.frames.shape[0], pipe.motion_dim)
   assert np.isfinite(result.motion).all()
   again = pipe.generate(os.fspath(_portrait_path()), speech, steps=2, seed=1)
@@ -160,7 +160,7 @@ def test_streaming_short_first_window(pipe, speech):
   assert fed_at_first == -(-need // 640) * 640 < pipe.window * 640
   assert fed_at_first / 16000 == pytest.approx(pipe.stream_buffering_s(first_window, 640))
   assert pipe.stream_buffering_s(first_window) == pytest.approx(need / 16000)
-  assert first.shape == (pipe.resolution, pipe.resolution, 3)
+  assert first.shape == (512, 512, 3)  # pasted back into the 512 x 512 photo
   assert 1 + len(rest) == int(np.ceil(1.3 * 25))
 
 

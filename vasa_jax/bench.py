@@ -7,6 +7,7 @@ a dedicated accelerator, which the table names.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -62,14 +63,16 @@ def flops_of(jitted, *args) -> float | None:
 
 
 def stream_latency(pipe, portrait, wav: np.ndarray, first_window: int | None = None, *,
-                   repeats: int = 3, chunk_ms: float = 20.0) -> dict:
+                   repeats: int = 3, chunk_ms: float = 20.0, paste_back: bool = False,
+                   max_size: int | None = 1024) -> dict:
   """Streaming first-frame latency and sustained rate for one `first_window` setting.
 
   `chunk_ms` chunks are fed as fast as they are consumed, so the measured first-frame time is
   compute only (incremental log-mel, audio encoding, one window, one decoder call), and an upper
   bound on the compute left once the last chunk it needs has arrived. The audio a live source must
   deliver first, (first_window + look-ahead) frames plus the last frame's log-mel reach, in whole
-  chunks, is added as buffering time.
+  chunks, is added as buffering time. `paste_back` (the portrait needs a photo) streams full
+  frames.
   """
   chunk = max(1, int(round(SAMPLE_RATE * chunk_ms / 1000)))
 
@@ -77,7 +80,7 @@ def stream_latency(pipe, portrait, wav: np.ndarray, first_window: int | None = N
     chunks = (wav[i:i + chunk] for i in range(0, wav.shape[0], chunk))
     t_start, first_frame, count = time.perf_counter(), None, 0
     for _ in pipe.stream(portrait, chunks, gaze=(0.0, 0.0), distance=0.0, seed=0,
-                         first_window=first_window):
+                         first_window=first_window, paste_back=paste_back, max_size=max_size):
       if first_frame is None:
         first_frame = time.perf_counter() - t_start
         if stop_at_first:
@@ -98,11 +101,13 @@ def stream_latency(pipe, portrait, wav: np.ndarray, first_window: int | None = N
 
 def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=None,
         seconds: float = 4.0, out: str | None = None, repeats: int = 3,
-        first_window: int = 5, chunk_ms: float = 20.0) -> dict:
+        first_window: int = 5, chunk_ms: float = 20.0, paste_size: int = 1024) -> dict:
   """Benchmarks a pipeline (random weights unless `checkpoint`) and prints a table.
 
   Streaming latency is measured for the default (first window = W) and for a short first
-  window of `first_window` frames (capped at W), one row each.
+  window of `first_window` frames (capped at W), one row each. Paste-back is measured into a
+  `paste_size` square photo whose middle half is the crop (the decoder + paste-back call, and
+  offline and streaming rates with it on, next to the crop-only ones).
   """
   config = config_utils.load_config(config_spec, overrides)
   t0 = time.perf_counter()
@@ -160,6 +165,20 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   first, best, _ = time_fn(pipe._render, *rargs, repeats=repeats)  # pylint: disable=protected-access
   render_flops = flops_of(pipe._render, *rargs)  # pylint: disable=protected-access
   add(f"decoder ({w} frames per call)", first, best, best / w, "s/frame", render_flops)
+  decoder_s = best
+  # Paste-back: a synthetic photo whose middle half is the crop; the same jitted call as
+  # generation (decoder + paste-back), so its extra time is paste-back's cost.
+  photo = rng.integers(0, 255, (paste_size, paste_size, 3), dtype=np.uint8)
+  q = paste_size / 4
+  pasted = dataclasses.replace(portrait, photo=photo,
+                               box=np.array([q, q, 3 * q, 3 * q], np.float32))
+  target = pipe.paste_target(pasted, paste_size)
+  first, best, _ = time_fn(pipe._render_paste, *rargs, target.tree(), repeats=repeats)  # pylint: disable=protected-access
+  add(f"decoder + paste-back to {paste_size}x{paste_size} ({w})", first, best, best / w,
+      "s/frame")
+  paste_s = max(best - decoder_s, 0.0) / w
+  rows.append({"part": "  paste-back alone (difference)", "compile_s": 0.0,
+               "time_s": paste_s * w, "per": paste_s, "unit": "s/frame", "flops": None})
   rb = pipe.render_batch
   if rb != w:  # the streaming latency lever: what one smaller call costs
     sargs = rargs[:3] + (rargs[3][:rb], rargs[4][:rb])
@@ -169,16 +188,23 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
 
   # End to end, offline and streaming: the pipeline's own paths, on the encoded portrait (no
   # face detection), everything compiled by the calls above or by a first untimed run.
-  def offline():
-    return pipe.generate(portrait, wav, gaze=(0.0, 0.0), distance=0.0, seed=0).frames
+  def offline(p=portrait, paste=False):
+    return pipe.generate(p, wav, gaze=(0.0, 0.0), distance=0.0, seed=0, paste_back=paste,
+                         max_size=paste_size).frames
 
   first, best, _ = time_fn(offline, repeats=repeats)
   offline_fps = n_frames / best
   add(f"end to end offline ({pipe.steps} steps)", first, best, best / n_frames, "s/frame")
+  first, best, _ = time_fn(lambda: offline(pasted, True), repeats=repeats)
+  offline_paste_fps = n_frames / best
+  add(f"end to end offline, paste-back {paste_size} px", first, best, best / n_frames,
+      "s/frame")
 
   stream_rows = [stream_latency(pipe, portrait, wav, fw, repeats=repeats, chunk_ms=chunk_ms)
                  for fw in (None, min(first_window, w))]
   default = stream_rows[0]
+  stream_paste = stream_latency(pipe, pasted, wav, None, repeats=repeats, chunk_ms=chunk_ms,
+                                paste_back=True, max_size=paste_size)
 
   flops_frame = None
   if render_flops is not None and window_flops.get(pipe.steps) is not None:
@@ -192,6 +218,9 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
       "offline_fps": offline_fps, "stream_first_frame_compute_s": default["first_frame_compute_s"],
       "stream_audio_buffering_s": default["audio_buffering_s"],
       "stream_fps": default["stream_fps"], "stream_latency": stream_rows,
+      "paste_size": paste_size, "paste_s_per_frame": paste_s,
+      "offline_paste_fps": offline_paste_fps, "stream_paste_fps": stream_paste["stream_fps"],
+      "stream_paste_first_frame_compute_s": stream_paste["first_frame_compute_s"],
       "flops_per_frame": flops_frame,
       "achieved_flops_per_s": (flops_frame * offline_fps) if flops_frame else None,
   }
@@ -221,9 +250,23 @@ def print_table(result: dict):
         f"{1000 * result['stream_first_frame_compute_s']:.0f} ms of compute + "
         f"{1000 * result['stream_audio_buffering_s']:.0f} ms of audio buffering")
   print_stream_latency(result.get("stream_latency", []), result["window"])
+  if result.get("paste_size"):
+    print_paste_back(result)
   if result.get("flops_per_frame"):
     print(f"model FLOPs per frame (sampling + rendering): {result['flops_per_frame'] / 1e9:.2f} "
           f"GFLOP; achieved {result['achieved_flops_per_s'] / 1e12:.3f} TFLOP/s offline")
+
+
+def print_paste_back(result: dict):
+  """Crop-only vs paste-back rates, measured in the same run."""
+  n = result["paste_size"]
+  print(f"\npaste-back to {n}x{n}: {1000 * result['paste_s_per_frame']:.2f} ms per frame")
+  print(f"| {'rate, frames/s':24s} | {'crop only':>9s} | {f'paste {n}':>10s} | {'ratio':>6s} |")
+  print(f"|{'-' * 26}|{'-' * 11}|{'-' * 12}|{'-' * 8}|")
+  for label, crop, paste in (("offline", result["offline_fps"], result["offline_paste_fps"]),
+                             ("streaming (first window W)", result["stream_fps"],
+                              result["stream_paste_fps"])):
+    print(f"| {label:24s} | {crop:9.1f} | {paste:10.1f} | {paste / max(crop, 1e-9):6.2f} |")
 
 
 def print_stream_latency(rows: list[dict], window: int):

@@ -52,6 +52,14 @@ def _add_generation_args(p: argparse.ArgumentParser):
                  help="frames per decoder call (default 0 = one window); fewer make the first "
                  "streamed frame leave sooner")
   p.add_argument("--watermark", action="store_true", help="add a visible 'generated' mark")
+  p.add_argument("--crop-only", action="store_true",
+                 help="write the model's square head crop instead of the whole photo with the "
+                 "face animated (paste-back, the default)")
+  p.add_argument("--max-size", type=int, default=1024, metavar="PX",
+                 help="cap on the output's long side with paste-back (default: %(default)s; "
+                 "the photo's size if smaller; sides are made even)")
+  p.add_argument("--face-index", type=int, default=None, metavar="N",
+                 help="which face of a photo with several, 0 = the largest (default: the largest)")
 
 
 def build_parser() -> argparse.ArgumentParser:

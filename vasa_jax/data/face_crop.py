@@ -93,6 +93,11 @@ class FaceCrop:
   box: np.ndarray
   landmarks: np.ndarray
 
+  @property
+  def affine(self) -> np.ndarray:
+    """(2, 3) float64 map from crop pixels to source pixels (see `crop_affine`)."""
+    return crop_affine(self.box, self.image.shape[0])
+
 
 @dataclasses.dataclass(frozen=True)
 class ClipCrop:
@@ -250,9 +255,46 @@ def crop_square(face_box: np.ndarray, margin: float, lift: float) -> np.ndarray:
   return np.array([cx - half, cy - half, cx + half, cy + half], np.float32)
 
 
+def crop_affine(square: np.ndarray, resolution: int) -> np.ndarray:
+  """(2, 3) float64 map from crop pixels (u, v, 1) to source pixels of a square crop.
+
+  Continuous coordinates (pixel i covers [i, i + 1)) on both sides, as `_crop_resize` samples:
+  a scale of side / R and the square's corner as offset, no rotation. Its inverse is exact, so
+  paste-back (`vasa_jax.inference.paste_back`) puts a crop pixel where it was cut from.
+  """
+  k = float(square[2] - square[0]) / resolution
+  return np.array([[k, 0.0, float(square[0])], [0.0, k, float(square[1])]])
+
+
+def _blurred_mirror_pad(region: np.ndarray, pads: tuple, sigma: float) -> np.ndarray:
+  """Pads with the mirror image of the region, blurred, the region itself kept exactly.
+
+  Edge padding smears the border pixels into streaks; a plain mirror copies half a face into
+  the crop, which the models then see as a second face. The blurred mirror continues the
+  colours and light of the photo without its details. The blur grows with the distance from the
+  image so the border itself stays continuous.
+  """
+  mirrored = np.pad(region, pads, mode="symmetric").astype(np.float32)
+  blurred = ndimage.gaussian_filter(mirrored, (sigma, sigma, 0), mode="mirror")
+  (t, b), (l, r) = pads[0], pads[1]
+  h, w = mirrored.shape[:2]
+  yy = np.arange(h, dtype=np.float32)[:, None]
+  xx = np.arange(w, dtype=np.float32)[None, :]
+  dist = np.maximum(np.maximum(t - yy, yy - (h - 1 - b)),
+                    np.maximum(l - xx, xx - (w - 1 - r)))  # (h, w) px outside the region
+  weight = np.clip(dist / max(sigma, 1.0), 0.0, 1.0)[..., None]
+  out = mirrored * (1.0 - weight) + blurred * weight
+  out = np.clip(np.round(out), 0, 255).astype(np.uint8)
+  out[t:h - b, l:w - r] = region  # the photo's own pixels stay untouched
+  return out
+
+
 def _crop_resize(image: np.ndarray, square: np.ndarray, resolution: int, pad_mode: str
                  ) -> np.ndarray:
-  """Cuts `square` (xyxy, may leave the image) from `image`, pads, resizes to R x R."""
+  """Cuts `square` (xyxy, may leave the image) from `image`, pads, resizes to R x R.
+
+  pad_mode: a numpy pad mode, or "blurred_mirror" (`_blurred_mirror_pad`).
+  """
   h, w = image.shape[:2]
   x0, y0 = int(np.floor(square[0])), int(np.floor(square[1]))
   x1, y1 = int(np.ceil(square[2])), int(np.ceil(square[3]))
@@ -264,7 +306,10 @@ def _crop_resize(image: np.ndarray, square: np.ndarray, resolution: int, pad_mod
   else:
     pads = ((max(-y0, 0), max(y1 - h, 0)), (max(-x0, 0), max(x1 - w, 0)), (0, 0))
   if any(p for pair in pads for p in pair):
-    region = np.pad(region, pads, mode=pad_mode)
+    if pad_mode == "blurred_mirror":
+      region = _blurred_mirror_pad(region, pads, sigma=0.04 * float(square[2] - square[0]))
+    else:
+      region = np.pad(region, pads, mode=pad_mode)
   box = (square[0] - x0, square[1] - y0, square[2] - x0, square[3] - y0)
   # Area averaging (like OpenCV's INTER_AREA) for strong downscaling: as sharp as LANCZOS there
   # without ringing, and 4x faster on HD frames; LANCZOS when upscaling or scaling mildly.
@@ -491,15 +536,39 @@ class FaceAnalyzer:
 # Crops.
 
 
-def _pick_face(dets: list[Detection], source: str, what: str) -> Detection:
+def _pick_face(dets: list[Detection], source: str, what: str,
+               face_index: int | None = None) -> Detection:
+  """The face to use: `face_index` (0 = largest) or, when None, the largest with a warning."""
   if not dets:
     raise NoFaceError(
         f"{source}: no face found in {what}. Use a frontal, well-lit portrait where the face is "
         "clearly visible (not too small, not cut by the image border).")
+  if face_index is not None:
+    if not 0 <= int(face_index) < len(dets):
+      raise VasaInputError(
+          f"{source}: face index {face_index} is out of range: {len(dets)} "
+          f"face{'s' if len(dets) > 1 else ''} found in {what}; use --face-index 0.."
+          f"{len(dets) - 1} (0 = the largest, ordered by size).")
+    return dets[int(face_index)]
   if len(dets) > 1:
-    warnings.warn(f"{source}: {len(dets)} faces found in {what}; using the largest.",
+    warnings.warn(f"{source}: {len(dets)} faces found in {what}; using the largest "
+                  f"(--face-index 0..{len(dets) - 1} picks another, ordered by size).",
                   stacklevel=3)
   return dets[0]
+
+
+def _warn_if_cut_off(landmarks: np.ndarray, square: np.ndarray, resolution: int,
+                     shape: tuple, source: str):
+  """Warns when part of the face mesh (crop pixels) lies outside the photo."""
+  affine = crop_affine(square, resolution)
+  xy = landmarks[:NUM_MESH, :2] @ affine[:, :2].T + affine[:, 2]  # (468, 2) photo pixels
+  h, w = shape[:2]
+  outside = ((xy[:, 0] < 0) | (xy[:, 0] > w) | (xy[:, 1] < 0) | (xy[:, 1] > h)).mean()
+  if outside > 0.01:
+    warnings.warn(f"{source}: the face is cut off by the photo's border ({100 * outside:.0f} % "
+                  "of it outside); the missing part is filled with a blurred mirror of the "
+                  "photo. A photo with the whole face and some space around it looks better.",
+                  stacklevel=3)
 
 
 def _to_crop(points: np.ndarray, square: np.ndarray, resolution: int) -> np.ndarray:
@@ -514,8 +583,8 @@ def _to_crop(points: np.ndarray, square: np.ndarray, resolution: int) -> np.ndar
 
 
 def crop_image(image: np.ndarray, resolution: int, *, margin: float = 1.9, lift: float = 0.12,
-               pad_mode: str = "edge", analyzer: FaceAnalyzer | None = None,
-               source: str = "<array>") -> FaceCrop:
+               pad_mode: str = "blurred_mirror", analyzer: FaceAnalyzer | None = None,
+               source: str = "<array>", face_index: int | None = None) -> FaceCrop:
   """Square head crop of the largest face in a portrait, VoxCeleb/FOMM style.
 
   Args:
@@ -523,10 +592,14 @@ def crop_image(image: np.ndarray, resolution: int, *, margin: float = 1.9, lift:
     resolution: output side R in pixels.
     margin: crop side / face box size; 1.9 keeps the hair and a bit of neck.
     lift: upward shift of the crop centre, in face box sizes.
-    pad_mode: numpy pad mode where the square leaves the image. "edge" is the default because
-      "reflect" can mirror half a face into the crop, which later looks like a second face.
+    pad_mode: how to fill where the square leaves the image: "blurred_mirror" (default; a
+      blurred mirror image of the photo, see `_blurred_mirror_pad`) or a numpy pad mode. Plain
+      "reflect" can mirror half a face into the crop, which later looks like a second face;
+      "edge" smears the border pixels into streaks.
     analyzer: a FaceAnalyzer to reuse (one is created otherwise).
     source: name of the image for error messages (its file path).
+    face_index: which face when there are several, 0 = the largest (faces ordered by size);
+      None: the largest, with a warning when there are several.
 
   Returns:
     FaceCrop with the (R, R, 3) crop, its square in source pixels and (478, 3) landmarks in crop
@@ -534,15 +607,19 @@ def crop_image(image: np.ndarray, resolution: int, *, margin: float = 1.9, lift:
 
   Raises:
     NoFaceError: no face was found.
+    VasaInputError: `face_index` is out of range (the message names the number of faces).
+
+  Warns when the face is cut off by the photo's border.
   """
   image = _check_image(image, source)
   analyzer = analyzer or FaceAnalyzer()
-  det = _pick_face(analyzer.detect(image), source, "the image")
+  det = _pick_face(analyzer.detect(image), source, "the image", face_index)
   square = crop_square(det.box, margin, lift)
   crop = _crop_resize(image, square, resolution, pad_mode)
   det_crop = Detection(box=_to_crop(det.box.reshape(2, 2), square, resolution).ravel(),
                        score=det.score, keypoints=_to_crop(det.keypoints, square, resolution))
   landmarks = analyzer.landmarks(crop, det_crop)
+  _warn_if_cut_off(landmarks, square, resolution, image.shape, source)
   return FaceCrop(image=crop, box=square, landmarks=landmarks)
 
 

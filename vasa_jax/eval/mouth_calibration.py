@@ -143,7 +143,8 @@ def measure_clip(pipe, path: str, scales: Sequence[float], *, seed: int = 0,
 
   real = scores(frames)
   portrait = pipe.prepare_portrait(frames[0], source=path)
-  motion = pipe.generate(portrait, wav, seed=seed, mouth_scale=1.0, progress=False).motion
+  motion = pipe.generate(portrait, wav, seed=seed, mouth_scale=1.0, paste_back=False,
+                         progress=False).motion
   rendered = {}
   for scale in scales:
     rendered[f"{scale:g}"] = scores(pipe.render_frames(portrait,

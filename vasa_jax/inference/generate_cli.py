@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from vasa_jax.constants import FPS, SAMPLE_RATE
+from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 BUNDLED_SPEECH = pathlib.Path(__file__).resolve().parent.parent / "assets" / "speech_en.wav"
 
@@ -56,15 +56,16 @@ def run(args) -> int:
   portrait = media.read_image(image)
   kw = dict(gaze=args.gaze, distance=args.distance, emotion=args.emotion,
             cfg_audio=args.cfg_audio, cfg_gaze=args.cfg_gaze, steps=args.steps,
-            mouth_scale=args.mouth_scale, seed=args.seed)
+            mouth_scale=args.mouth_scale, seed=args.seed, paste_back=not args.crop_only,
+            max_size=args.max_size)
   if args.command == "generate":
-    result = pipe.generate(portrait, wav, progress=True, **kw)
-    media.write_video(args.out, result.frames, fps=result.fps, audio=result.audio,
-                      sr=result.sample_rate, watermark=args.watermark)
+    # Frames go to the encoder as they are made: memory stays flat in the clip's length.
+    result = pipe.generate_video(args.out, portrait, wav, progress=True,
+                                 watermark=args.watermark, face_index=args.face_index, **kw)
     t = result.timings
-    print(f"Wrote {args.out}: {len(result.frames)} frames ({len(result.frames) / result.fps:.2f} s)"
-          f" from {image_name} + {audio}; {t['fps']:.1f} frames/s after "
-          f"{t['prepare_s']:.1f} s of portrait preparation.")
+    n = len(result.motion)
+    print(f"Wrote {args.out}: {n} frames ({n / result.fps:.2f} s) from {image_name} + {audio}; "
+          f"{t['fps']:.1f} frames/s after {t['prepare_s']:.1f} s of portrait preparation.")
     return 0
   return _stream(pipe, portrait, wav, args, kw)
 
@@ -84,15 +85,16 @@ def _stream(pipe, portrait, wav, args, kw) -> int:
   # Warm-up on a little silence compiles every shape the stream uses (first window, later
   # windows, the decoder), so the latency printed below is what a live session sees.
   t_warm = time.perf_counter()
-  portrait = pipe.prepare_portrait(portrait)  # once, before the audio starts
-  silence = np.zeros(((2 * pipe.window + 1) * 640,), np.float32)
+  portrait = pipe.prepare_portrait(portrait, face_index=args.face_index)  # before the audio
+  silence = np.zeros(((2 * pipe.window + 1) * SAMPLES_PER_FRAME,), np.float32)
   for _ in pipe.stream(portrait, [silence], **kw):
     pass
   warm_s = time.perf_counter() - t_warm
   chunks = (wav[i:i + chunk] for i in range(0, len(wav), chunk))
   first = None
   n = 0
-  with media.VideoWriter(args.out, fps=FPS, audio=wav, sr=SAMPLE_RATE, watermark=args.watermark) as w:
+  with media.VideoWriter(args.out, fps=FPS, audio=wav, sr=SAMPLE_RATE,
+                         watermark=args.watermark) as w:
     t0 = time.perf_counter()
     for frame in pipe.stream(portrait, chunks, **kw):
       if first is None:
