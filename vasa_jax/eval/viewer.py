@@ -134,7 +134,7 @@ def frame_figures(frames: np.ndarray, portrait: np.ndarray, analyzer, *,
     or why identity could not be measured).
 
   Raises:
-    NoFaceError-like VasaInputError: no face in the portrait.
+    VasaInputError: no face in the portrait (the message names --portrait).
   """
   ref_box = face_box(portrait, analyzer)
   if ref_box is None:
