@@ -68,7 +68,7 @@ def test_bundled_motion_does_not_drift_over_many_windows(demo):
 
 @pytest.mark.slow
 def test_bundled_video_does_not_drift_over_a_minute(demo, tmp_path):
-  """60 s rendered and measured as a viewer sees it (about 5 minutes on two CPU cores)."""
+  """60 s rendered and measured as a viewer sees it (about 4 minutes on two shared CPU cores)."""
   from skimage import data as skdata
   from vasa_jax.data.face_crop import FaceAnalyzer
   from vasa_jax.eval import viewer
