@@ -214,6 +214,11 @@ def test_report_on_real_clip(shared_data, tmp_path):
   assert data["real"][0]["corr_detrended"] == pytest.approx(row["corr_detrended"])
   md = (out / "report.md").read_text()
   assert "mean generated" in md and "mean real" in md and "sync corr (detrended)" in md
+  # Viewer figures, against the clip's own first frame (no --portrait): the same face.
+  assert row["face_px"] > 40 and 0.5 < row["sharpness_rel"] < 2.0
+  if row["viewer"]["identity_error"] is None:
+    assert row["identity_sim"] > 0.9
+  assert "face (px)" in md and "identity vs photo" in md
   names = {p.name for p in (out / "plots").iterdir()}
   assert len(names) == 2 and all(n.endswith(".png") for n in names)
   png = (out / "plots" / sorted(names)[0]).read_bytes()

@@ -96,16 +96,49 @@ def _ramp_denoiser(delta):
   return fn
 
 
-def test_windows_join_without_a_jump():
+def test_unanchored_windows_join_without_a_jump():
   delta = 0.05
   fn = S.make_sample_window(_ramp_denoiser(delta), _config(5, "ddpm"))
-  t_total = 3 * W + 5
-  audio = jnp.zeros((t_total, DA))
-  motion = S.sample_sequence(fn, None, audio, _controls(), jax.random.key(0), window=W,
-                             context=K, motion_dim=DM)
-  assert motion.shape == (t_total, DM)
-  np.testing.assert_allclose(np.diff(np.asarray(motion), axis=0), delta, atol=1e-4)
+  carry = {k: v for k, v in S.initial_carry(1, K, DM, DA).items() if k != "motion_anchor"}
+  out = []
+  for i in range(3):  # a carry without an anchor is fed as is (the ramp continues)
+    carry, m = fn(None, carry, jnp.zeros((1, W, DA)), jnp.ones((1, W), bool), _controls(),
+                  jax.random.key(i), 0.5, 1.0)
+    out.append(m[0])
+  motion = np.concatenate(out)
+  np.testing.assert_allclose(np.diff(motion, axis=0), delta, atol=1e-4)
   np.testing.assert_allclose(motion[0], delta, atol=1e-5)
+
+
+def test_anchored_context_stops_a_drifting_model():
+  """A model that drifts by delta per frame from its context: anchored, the level it reaches
+  is bounded by one window's drift, and every window still follows on from its context."""
+  delta = 0.05
+  fn = S.make_sample_window(_ramp_denoiser(delta), _config(5, "ddpm"))
+  t_total = 20 * W + 5
+  motion = np.asarray(S.sample_sequence(fn, None, jnp.zeros((t_total, DA)), _controls(),
+                                        jax.random.key(0), window=W, context=K, motion_dim=DM))
+  assert motion.shape == (t_total, DM)
+  # Unanchored it would reach t_total * delta = 8.25; anchored it stays within two windows.
+  assert np.abs(motion).max() <= 2 * W * delta + 1e-4
+  inside = np.delete(np.diff(motion, axis=0), np.arange(W - 1, t_total - 1, W), axis=0)
+  np.testing.assert_allclose(inside, delta, atol=1e-4)
+  # Window i starts from its anchored context: anchor + (last - mean of the last K) + delta.
+  first = motion[:W]
+  anchor = first[W - K:].mean(0)
+  np.testing.assert_allclose(motion[W], anchor + first[-1] - first[W - K:].mean(0) + delta,
+                             atol=1e-4)
+
+
+def test_anchor_context_keeps_the_shape_and_moves_the_level():
+  prev = jax.random.normal(jax.random.key(1), (2, K, DM)) + 3.0
+  anchor = jnp.full((2, 1, DM), -1.0)
+  carry = dict(S.initial_carry(2, K, DM, DA), motion_prev=prev, motion_anchor=anchor)
+  fed = S.anchor_context(carry)["motion_prev"]
+  np.testing.assert_allclose(fed.mean(1, keepdims=True), anchor, atol=1e-5)
+  np.testing.assert_allclose(np.diff(fed, axis=1), np.diff(prev, axis=1), atol=1e-5)
+  legacy = {k: v for k, v in carry.items() if k != "motion_anchor"}
+  assert S.anchor_context(legacy) is legacy
 
 
 def _noise_denoiser(params, x_t, t, cond):
@@ -302,10 +335,12 @@ def test_short_first_window_continues_from_the_emitted_frames(first_window):
   t_total = 2 * W + 5
   motion, _ = _stream_frames(stream, np.zeros((t_total, 4, 80), np.float32))
   # One continuous ramp: window 1 continues from frame F - 1, not from the first window's
-  # unemitted tail (frame W - 1), also when F < K.
+  # unemitted tail (frame W - 1), also when F < K. Its anchor is the level of those emitted
+  # frames, so window 1 is fed them unchanged; later windows are held at that level.
   assert motion.shape == (t_total, DM)
   np.testing.assert_allclose(motion[0], delta, atol=1e-5)
-  np.testing.assert_allclose(np.diff(motion, axis=0), delta, atol=1e-4)
+  np.testing.assert_allclose(np.diff(motion[:first_window + W], axis=0), delta, atol=1e-4)
+  assert np.abs(motion).max() <= (first_window + 2 * W) * delta + 1e-4
 
 
 @pytest.mark.parametrize("first_window", [0, W + 1])

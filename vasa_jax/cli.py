@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="report directory")
   p.add_argument("--max-seconds", type=float,
                  help="evaluate only the first seconds of every video and clip (default: all)")
+  p.add_argument("--portrait", help="the photo the videos animate: face sharpness and identity "
+                 "are measured against it (default: each video's first frame)")
 
   p = sub.add_parser("eval-latent", help="stage 1 quality: reconstruction and identity, "
                      "training vs unseen persons -> JSON, markdown, PNG grid")
@@ -311,7 +313,8 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     return generate_cli.run(args)
   if cmd == "eval":
     from vasa_jax.eval import report
-    report.run(args.videos, args.real, args.out, max_seconds=args.max_seconds)
+    report.run(args.videos, args.real, args.out, max_seconds=args.max_seconds,
+               portrait=args.portrait)
     return 0
   if cmd == "eval-latent":
     from vasa_jax.eval import latent_quality

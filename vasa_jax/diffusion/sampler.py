@@ -11,7 +11,15 @@ Window i's noise comes from `fold_in(rng, i)`, so a streaming generator reproduc
 
 Carry layout (chosen here): {"motion_prev": (B, K, Dm) generated motion, "audio_prev": (B, K, Da)
 *encoded* audio features (not raw log-mel rows: the encoder runs once per frame over the whole
-stream, see `inference/streaming.py`), "has_prev": (B,) bool}.
+stream, see `inference/streaming.py`), "has_prev": (B,) bool, "motion_anchor": (B, 1, Dm) the
+mean of the first window's last K frames (optional)}.
+
+Anchored context (issue 18): fed its own output, the model adds a small bias to the context's
+level every window, so over a minute the pose random-walks 2-3 training std away and the
+dynamics freeze (the mouth stops moving). With `motion_anchor` in the carry, the context is fed
+with its own shape (motion_prev minus its mean) at the level the first window chose
+(`anchor_context`): local continuity is kept, the level cannot accumulate. A carry without the
+key (older callers) is fed as is.
 
 The denoising loop is one `lax.scan` inside one jitted call (maxdiffusion style); guidance scales
 are traced arguments, so changing them does not retrace.
@@ -66,7 +74,26 @@ def initial_carry(batch: int, context: int, motion_dim: int, audio_dim: int) -> 
   """The carry of the first window: zeros with `has_prev` False."""
   return {"motion_prev": jnp.zeros((batch, context, motion_dim), jnp.float32),
           "audio_prev": jnp.zeros((batch, context, audio_dim), jnp.float32),
-          "has_prev": jnp.zeros((batch,), bool)}
+          "has_prev": jnp.zeros((batch,), bool),
+          "motion_anchor": jnp.zeros((batch, 1, motion_dim), jnp.float32)}
+
+
+def anchor_context(carry: dict) -> dict:
+  """The carry as the model sees it: motion_prev moved to the anchor level, its shape kept.
+
+  motion_prev - mean_K(motion_prev) + motion_anchor, (B, K, Dm); without `motion_anchor` the
+  carry is returned unchanged.
+  """
+  if "motion_anchor" not in carry:
+    return carry
+  prev = carry["motion_prev"]  # (B, K, Dm)
+  return dict(carry, motion_prev=prev - prev.mean(1, keepdims=True) + carry["motion_anchor"])
+
+
+def next_anchor(carry: dict, motion_prev: jax.Array) -> jax.Array:
+  """(B, 1, Dm): the old anchor once set, else the level of the first window's last frames."""
+  level = motion_prev.mean(1, keepdims=True)  # (B, 1, Dm)
+  return jnp.where(carry["has_prev"][:, None, None], carry["motion_anchor"], level)
 
 
 def guided_x0(apply_fn: Callable, params, x_t: jax.Array, t: jax.Array, cond: dict,
@@ -117,7 +144,8 @@ def sample_window(apply_fn: Callable, params, carry: dict, audio_window: jax.Arr
   Args:
     apply_fn: denoise_fn(params, x_t, t, cond) -> x0_hat.
     params: model parameters.
-    carry: {"motion_prev" (B, K, Dm), "audio_prev" (B, K, Da), "has_prev" (B,)}.
+    carry: {"motion_prev" (B, K, Dm), "audio_prev" (B, K, Da), "has_prev" (B,)} and optionally
+      "motion_anchor" (B, 1, Dm) (see `anchor_context`).
     audio_window: (B, W, Da) encoded audio of the window.
     controls: from `make_controls`.
     rng: this window's key.
@@ -138,7 +166,7 @@ def sample_window(apply_fn: Callable, params, carry: dict, audio_window: jax.Arr
   k, dm = carry["motion_prev"].shape[1:]
   if audio_mask is None:
     audio_mask = jnp.ones((b, w), bool)
-  cond = build_cond(carry, audio_window, audio_mask, controls)
+  cond = build_cond(anchor_context(carry), audio_window, audio_mask, controls)
   ts = schedule_lib.sampling_timesteps(schedule.num_steps, steps)
   ts_prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
   eta = SAMPLERS[sampler]
@@ -158,6 +186,8 @@ def sample_window(apply_fn: Callable, params, carry: dict, audio_window: jax.Arr
   motion, _ = jax.lax.scan(body, x_init, xs)
   new_carry = {"motion_prev": motion[:, w - k:], "audio_prev": audio_window[:, w - k:],
                "has_prev": jnp.ones((b,), bool)}
+  if "motion_anchor" in carry:
+    new_carry["motion_anchor"] = next_anchor(carry, motion[:, w - k:])
   return new_carry, motion
 
 

@@ -26,7 +26,7 @@ from vasa_jax.constants import FPS
 from vasa_jax.data import media
 from vasa_jax.data.face_crop import FaceAnalyzer
 from vasa_jax.errors import NoFaceError, VasaInputError
-from vasa_jax.eval import lipsync
+from vasa_jax.eval import lipsync, viewer
 from vasa_jax.fileio import atomic_path, atomic_write_text
 
 # (key, column header, format) of the markdown table, in order.
@@ -38,7 +38,7 @@ COLUMNS = (
     ("delta_p", "delta-P (deg)", "{:.3f}"),
     ("pose_std", "pose spread (deg)", "{:.2f}"),
     ("face_found_frac", "face found", "{:.2f}"),
-)
+) + viewer.VIEWER_COLUMNS
 # Figures whose mean is reported per group (COLUMNS plus a few more in metrics.json).
 SUMMARY_KEYS = tuple(k for k, _, _ in COLUMNS) + (
     "lag_raw", "corr_detrended_lag0", "corr_raw_lag0", "mouth_std_raw")
@@ -89,6 +89,25 @@ def _evaluate(path: str, name: str, group: str, analyzer, max_seconds, max_lag) 
   res["name"] = name
   res["group"] = group
   return res
+
+
+def _add_viewer(row: dict, portrait, analyzer, max_seconds, max_lag) -> None:
+  """Adds the viewer figures (`viewer.py`: face size, sharpness and identity against the
+  portrait, first vs last 10 s) to an evaluated row, measured on its own frames."""
+  if row.get("error"):
+    return
+  frames, times, duration = viewer.read_sampled(row["path"])
+  if max_seconds is not None:
+    keep = times < max_seconds
+    frames, times, duration = frames[keep], times[keep], min(duration, max_seconds)
+  try:
+    v = viewer.viewer_scores(frames, times, duration, portrait, analyzer,
+                             series=row.get("series"), max_lag=max_lag)
+  except VasaInputError as e:  # no face in the first frame of a real clip
+    v = {k: float("nan") for k, _, _ in viewer.VIEWER_COLUMNS}
+    v["identity_error"] = str(e)
+  row["viewer"] = v
+  row.update({k: v[k] for k, _, _ in viewer.VIEWER_COLUMNS})
 
 
 def mismatched_baseline(real_clips: Sequence, *, max_lag: int = 5, analyzer=None,
@@ -260,7 +279,7 @@ def plot_clip(result: dict, path: str) -> None:
 
 
 def run(videos: Sequence, real: Sequence = (), out_dir=".", *, analyzer=None,
-        max_seconds: float | None = None, max_lag: int = 5) -> dict:
+        max_seconds: float | None = None, max_lag: int = 5, portrait=None) -> dict:
   """Evaluates generated videos and real clips and writes metrics.json, report.md and plots.
 
   This is what `vasa-jax eval --videos ... --real ... --out DIR` calls.
@@ -272,6 +291,9 @@ def run(videos: Sequence, real: Sequence = (), out_dir=".", *, analyzer=None,
     analyzer: a `face_crop.FaceAnalyzer` to reuse.
     max_seconds: evaluate only the first seconds of each video.
     max_lag: lag search range in frames.
+    portrait: the photo the generated videos animate (path or array), for the viewer figures
+      (face size, sharpness and identity against it); None, and for real clips: each video's
+      first frame.
 
   Returns:
     The metrics dict written to metrics.json: `generated`, `real`, `mismatched` (lists of
@@ -295,6 +317,13 @@ def run(videos: Sequence, real: Sequence = (), out_dir=".", *, analyzer=None,
   real_rows = [_evaluate(p, n, "real", analyzer, max_seconds, max_lag)
                for p, n in zip(real, names[len(videos):])]
   mismatched = mismatched_baseline(real_rows, max_lag=max_lag)
+  if portrait is not None:
+    from vasa_jax.data import media
+    portrait = media.read_image(portrait)
+  for r in generated:
+    _add_viewer(r, portrait, analyzer, max_seconds, max_lag)
+  for r in real_rows:
+    _add_viewer(r, None, analyzer, max_seconds, max_lag)
   summary = {"generated": group_means(generated, SUMMARY_KEYS),
              "real": group_means(real_rows, SUMMARY_KEYS),
              "mismatched": group_means(mismatched, LIPSYNC_KEYS)}
@@ -308,7 +337,8 @@ def run(videos: Sequence, real: Sequence = (), out_dir=".", *, analyzer=None,
   atomic_write_text(os.path.join(out_dir, "metrics.json"),
                      json.dumps(to_jsonable(metrics), indent=1, allow_nan=False))
   atomic_write_text(os.path.join(out_dir, "report.md"),
-                     render_markdown(generated, real_rows, mismatched, summary))
+                    render_markdown(generated, real_rows, mismatched, summary)
+                    + viewer.render_drift_markdown(generated + real_rows))
   return metrics
 
 

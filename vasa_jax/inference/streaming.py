@@ -194,6 +194,7 @@ class MotionStream:
     end = min(start + self._window_len(), self.frames_received)
     feats = self._encoded_window(start, end, final)  # (m, Da)
     seg, mask = sampler_lib.pad_window(feats, 0, self.window)  # (W, Da), (W,)
+    prev_carry = self._carry
     self._carry, motion = self._sample_window(
         self._params, self._carry, seg[None], mask[None], self._controls,
         jax.random.fold_in(self._rng, i), *self._cfg)
@@ -201,7 +202,7 @@ class MotionStream:
     if end - start < self.window:
       # The sampler's carry holds the window's last K of W frames; after a short first window
       # most of those were never emitted, so continue from the frames that were.
-      self._carry = self._carry_from(motion, np.asarray(seg))
+      self._carry = self._carry_from(motion, np.asarray(seg), prev_carry)
     self._next_window += 1
     self._next_start = end
     # Keep only the feature frames later windows can still need.
@@ -211,7 +212,7 @@ class MotionStream:
       self._feat_start += drop
     return motion
 
-  def _carry_from(self, motion: np.ndarray, audio: np.ndarray) -> dict:
+  def _carry_from(self, motion: np.ndarray, audio: np.ndarray, prev_carry: dict) -> dict:
     """The carry after emitting `motion` (m, Dm) with encoded audio `audio` (>= m, Da).
 
     Shapes and dtypes match the sampler's own carry, so the next window reuses its compiled
@@ -221,9 +222,12 @@ class MotionStream:
     """
     m = motion.shape[0]
     idx = np.clip(np.arange(m - self.context, m), 0, None)  # (K,) last K, first one repeated
-    return {"motion_prev": jnp.asarray(motion[idx][None]),  # (1, K, Dm)
-            "audio_prev": jnp.asarray(audio[idx][None]),  # (1, K, Da)
-            "has_prev": jnp.ones((1,), bool)}
+    carry = {"motion_prev": jnp.asarray(motion[idx][None]),  # (1, K, Dm)
+             "audio_prev": jnp.asarray(audio[idx][None]),  # (1, K, Da)
+             "has_prev": jnp.ones((1,), bool)}
+    if "motion_anchor" in prev_carry:  # the level of the frames emitted, as the sampler does
+      carry["motion_anchor"] = sampler_lib.next_anchor(prev_carry, carry["motion_prev"])
+    return carry
 
 
 def make_stream(model, params, config, controls: dict, rng: jax.Array, *,
