@@ -6,6 +6,7 @@ sampling steps. Slow form: a rendered 60 s clip measured by `vasa-jax eval`'s vi
 import numpy as np
 import pytest
 
+from vasa_jax.constants import SAMPLE_RATE
 from vasa_jax.eval.drift import motion_drift, segment_motion_stats
 
 
@@ -19,7 +20,7 @@ def _speech(seconds):
   from vasa_jax.data import media
   from vasa_jax.inference.pipeline import DEFAULT_CHECKPOINT
   wav = media.read_audio(DEFAULT_CHECKPOINT.parent / "speech_en.wav")
-  return np.tile(wav, int(np.ceil(seconds * 16000 / len(wav))))[:int(seconds * 16000)]
+  return np.tile(wav, int(np.ceil(seconds * SAMPLE_RATE / len(wav))))[:int(seconds * SAMPLE_RATE)]
 
 
 def _sample_motion(pipe, wav, steps):

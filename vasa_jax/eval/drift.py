@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from configs.common import FPS
+from vasa_jax.constants import FPS
 
 POSE_DIM = 6
 

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from configs.common import FPS
+from vasa_jax.constants import FPS
 from vasa_jax.errors import VasaInputError
 
 SHARP_SIDE = 128  # the common face box side for the sharpness ratio

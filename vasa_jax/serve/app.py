@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from vasa_jax.constants import SAMPLE_RATE
 from vasa_jax.errors import VasaInputError
 from vasa_jax.inference.pipeline import EMOTIONS
 
@@ -101,12 +102,12 @@ def make_job(pipe, out_dir, *, max_seconds: float = 60.0):
                      mouth_scale, seed)
       kw.update(paste_back_kwargs(pipe, paste_back))
       progress(0.0, desc="reading the speech")
-      wav = media.read_audio(audio, sr=16000)
+      wav = media.read_audio(audio, sr=SAMPLE_RATE)
       if wav.size == 0:
         raise VasaInputError(f"The speech file {os.path.basename(audio)} holds no audio.")
-      if wav.size > max_seconds * 16000:
-        raise VasaInputError(f"The speech is {wav.size / 16000:.1f} s long; this server takes at "
-                             f"most {max_seconds:g} s: trim it.")
+      if wav.size > max_seconds * SAMPLE_RATE:
+        raise VasaInputError(f"The speech is {wav.size / SAMPLE_RATE:.1f} s long; this server "
+                             f"takes at most {max_seconds:g} s: trim it.")
       progress(0.05, desc="finding the face")
       result = pipe.generate(portrait, wav, progress=True, **kw)
       progress(0.95, desc="writing the video")

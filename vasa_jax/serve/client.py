@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from vasa_jax.constants import FPS, SAMPLE_RATE
 from vasa_jax.serve import protocol
 
 
@@ -45,7 +46,7 @@ async def stream_session(url: str, portrait: bytes, audio: np.ndarray, *, chunk_
   """
   from websockets.asyncio.client import connect  # pylint: disable=import-outside-toplevel
 
-  chunk = max(1, int(round(16000 * chunk_ms / 1000)))
+  chunk = max(1, int(round(SAMPLE_RATE * chunk_ms / 1000)))
   sent_at: list[tuple[int, float]] = []  # (samples sent so far, time)
   async with connect(url, max_size=None, open_timeout=timeout_s) as ws:
     await ws.send(json.dumps({"type": "start", "format": fmt, "pcm": pcm, **controls}))
@@ -58,7 +59,7 @@ async def stream_session(url: str, portrait: bytes, audio: np.ndarray, *, chunk_
       t0 = time.perf_counter()
       for i, start in enumerate(range(0, len(audio), chunk)):
         if realtime:
-          await asyncio.sleep(max(0.0, t0 + i * chunk / 16000 - time.perf_counter()))
+          await asyncio.sleep(max(0.0, t0 + i * chunk / SAMPLE_RATE - time.perf_counter()))
         await ws.send(protocol.float_to_pcm(audio[start:start + chunk], pcm))
         sent_at.append((min(start + chunk, len(audio)), time.perf_counter()))
       await ws.send(json.dumps({"type": "end"}))
@@ -80,7 +81,7 @@ async def stream_session(url: str, portrait: bytes, audio: np.ndarray, *, chunk_
     finally:
       sender.cancel()
   t_start = sent_at[0][1] if sent_at else time.perf_counter()
-  need = int(ready["buffering_s"] * 16000)
+  need = int(ready["buffering_s"] * SAMPLE_RATE)
   t_need = next((t for n, t in sent_at if n >= min(need, len(audio))), t_start)
   first = times[0] if times else float("nan")
   fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
@@ -119,8 +120,8 @@ def run(url: str, image, audio, out, *, clients=(1,), **kwargs) -> dict:
       raise VasaInputError(f"--image {image}: file not found.")
     portrait = pathlib.Path(image).read_bytes()
   audio = audio or str(generate_cli.BUNDLED_SPEECH)
-  wav = media.read_audio(audio, sr=16000)
-  seconds = len(wav) / 16000
+  wav = media.read_audio(audio, sr=SAMPLE_RATE)
+  seconds = len(wav) / SAMPLE_RATE
   runs = {}
   for n in clients:
     try:
@@ -136,7 +137,7 @@ def run(url: str, image, audio, out, *, clients=(1,), **kwargs) -> dict:
             f"; {r.wall_s:.1f} s for {seconds:.1f} s of audio")
   r0 = next(iter(runs.values()))[0]
   if out and r0.frames:
-    media.write_video(out, np.stack(r0.frames), fps=25, audio=wav, sr=16000)
+    media.write_video(out, np.stack(r0.frames), fps=FPS, audio=wav, sr=SAMPLE_RATE)
     print(f"Wrote {out} (first session).")
   print(summary_table(runs, seconds))
   return runs

@@ -19,6 +19,7 @@ import threading
 
 import numpy as np
 
+from vasa_jax.constants import FPS, SAMPLE_RATE
 from vasa_jax.errors import VasaInputError
 from vasa_jax.serve import protocol
 
@@ -149,7 +150,7 @@ class LiveServer:
     portrait = await asyncio.to_thread(self._prepare, image)
     h, w = portrait.crop.shape[:2]
     await ws.send(json.dumps({
-        "type": "ready", "fps": 25, "sample_rate": 16000, "width": w, "height": h,
+        "type": "ready", "fps": FPS, "sample_rate": SAMPLE_RATE, "width": w, "height": h,
         "buffering_s": self.pipe.stream_buffering_s(fw)}))
     return start, portrait
 
@@ -180,7 +181,7 @@ class LiveServer:
         continue
       samples = protocol.pcm_to_float(msg, pcm)
       received += samples.size
-      if received > self.max_seconds * 16000:
+      if received > self.max_seconds * SAMPLE_RATE:
         raise VasaInputError(f"More than {self.max_seconds:g} s of audio in one session.")
       await _put(audio_q, samples)
 
