@@ -15,51 +15,27 @@ import re
 import time
 
 import jax
-import jax.numpy as jnp
 import pytest
 
+from vasa_jax import compile_check
 from vasa_jax import config_utils
 from vasa_jax.train import loop
 from vasa_jax.train import sharding as shd
 from vasa_jax.train import tasks
 
 MESH = ["mesh.shape.data=4", "mesh.shape.fsdp=2", "mesh.shape.tensor=1"]
-LATENT_KEYS = ("source", "driver", "other", "driver2")  # docs/design.md, stage 1 element
 
 
 def _config(spec: str, *overrides: str):
   return config_utils.load_config(spec, [*MESH, "data.synthetic=True", *overrides])
 
 
-def _batch_shapes(config, task):
-  """GLOBAL batch shapes for `config`, as (shape, dtype) leaves.
-
-  Stage 1 uses the documented element spec (rendering 64 synthetic 512x512 frames only to read
-  their shapes costs seconds); stage 2 reads one synthetic batch (cheap).
-  """
-  batch = int(config.train.batch_size)
-  if config.stage == "latent":
-    r = int(config.model.resolution)
-    return {k: ((batch, r, r, 3), jnp.uint8) for k in LATENT_KEYS}
-  host = next(iter(task.make_dataset("train", 0, 1)))
-  return {k: (v.shape, v.dtype) for k, v in host.items()}
-
-
 def _lower(config):
-  """Lowers (traces + SPMD-annotates, no XLA compile) the loop's train step for `config`."""
+  """Lowers (traces + SPMD-annotates, no XLA compile) the loop's own jitted train step."""
   task = tasks.get_task(config)
-  mesh, rules = shd.make_mesh(config.mesh), shd.logical_rules(config)
-  batch_spec = loop._batch_spec_from_shapes(_batch_shapes(config, task), mesh)  # pylint: disable=protected-access
-  abstract, shardings = loop.abstract_state(task, batch_spec, mesh, rules)
-  repl = shd.replicated(mesh)
-  jitted = jax.jit(loop.make_train_step(task),
-                   in_shardings=(shardings, shd.data_sharding(mesh), repl, repl),
-                   out_shardings=(shardings, repl, repl), donate_argnums=(0, 3))
-  with shd.mesh_context(mesh, rules):
-    lowered = jitted.lower(abstract, batch_spec,
-                           jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl),
-                           jax.ShapeDtypeStruct((), jnp.int32, sharding=repl))
-  return lowered, abstract, shardings, mesh, batch_spec
+  mesh = shd.make_mesh(config.mesh)
+  low = loop.lower_train_step(config, mesh, compile_check.batch_shapes(config, task), task=task)
+  return low.lowered, low.abstract, low.shardings, mesh, low.batch_spec
 
 
 def _fsdp_share(abstract, shardings) -> float:
@@ -113,7 +89,8 @@ def test_motion_tiny_train_step_compiles_for_a_data4_fsdp2_mesh():
   task = tasks.get_task(config)
   mesh = shd.make_mesh(config.mesh)
   t0 = time.perf_counter()
-  compiled = loop.compile_train_step(config, mesh, _batch_shapes(config, task), task=task)
+  compiled = loop.compile_train_step(config, mesh, compile_check.batch_shapes(config, task),
+                                       task=task)
   print(f"motion tiny: compiled in {time.perf_counter() - t0:.1f} s")
   assert isinstance(compiled, jax.stages.Compiled)
   state_shardings = compiled.input_shardings[0][0]
@@ -129,7 +106,8 @@ def test_base_train_step_compiles_for_a_data4_fsdp2_mesh(spec):
   task = tasks.get_task(config)
   mesh = shd.make_mesh(config.mesh)
   t0 = time.perf_counter()
-  compiled = loop.compile_train_step(config, mesh, _batch_shapes(config, task), task=task)
+  compiled = loop.compile_train_step(config, mesh, compile_check.batch_shapes(config, task),
+                                       task=task)
   seconds = time.perf_counter() - t0
   memory = compiled.memory_analysis()
   print(f"{spec}: compiled in {seconds:.1f} s; per device: arguments "
