@@ -17,8 +17,10 @@ import time
 import jax
 import pytest
 
+from vasa_jax import cli
 from vasa_jax import compile_check
 from vasa_jax import config_utils
+from vasa_jax import param_counts
 from vasa_jax.train import loop
 from vasa_jax.train import sharding as shd
 from vasa_jax.train import tasks
@@ -116,3 +118,77 @@ def test_base_train_step_compiles_for_a_data4_fsdp2_mesh(spec):
   # The state is donated: its buffers are reused for the new state (no second copy).
   assert memory.alias_size_in_bytes > 0.9 * memory.output_size_in_bytes
   assert compiled.cost_analysis() is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter counts of the paper-size variant (shapes only, seconds).
+# ---------------------------------------------------------------------------------------------
+def test_large_variants_are_sized_like_vasa1(capsys):
+  latent = param_counts.by_module(param_counts.count_params(
+      config_utils.load_config("configs/latent.py:large")), 2)
+  motion = param_counts.by_module(param_counts.count_params(
+      config_utils.load_config("configs/motion.py:large")), 1)
+  # VASA-1: a face latent model of about 200 M parameters and a 29 M parameter DiT.
+  assert 180e6 < latent[("gen",)] < 220e6
+  assert latent[("gen", "encoder")] > 30e6 and latent[("gen", "decoder")] > 120e6
+  assert 26e6 < motion[("dit",)] < 32e6
+  base = param_counts.by_module(param_counts.count_params(
+      config_utils.load_config("configs/latent.py:base")), 1)
+  assert 20e6 < base[("gen",)] < 35e6  # base is unchanged
+  assert cli.main(["params", "--config", "configs/motion.py:large", "--depth", "1"]) == 0
+  out = capsys.readouterr().out
+  assert "| dit | 29," in out and "| total |" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# TPU slices compiled on this CPU (libtpu describes the topology; nothing runs on a TPU).
+# ---------------------------------------------------------------------------------------------
+def _tpu(topology: str):
+  pytest.importorskip("libtpu", reason="libtpu absent: pip install libtpu (the `test` extra)")
+  devices = compile_check.topology_devices(topology)
+  # Installing libtpu must not move the tests off the CPU backend (conftest: JAX_PLATFORMS=cpu).
+  assert jax.devices()[0].platform == "cpu"
+  return devices
+
+
+def test_tiny_steps_compile_for_a_v5e_2x2_slice():
+  devices = _tpu("v5e:2x2")
+  assert len(devices) == 4 and devices[0].device_kind == "TPU v5 lite"
+  # Stage 2's train step, compiled by XLA:TPU with the loop's own jit signature.
+  rows = compile_check.run("configs/demo.py:tiny", topology="v5e:2x2", mesh=(2, 2, 1),
+                           stages=["motion"], progress=False)
+  (row,) = rows
+  assert row.mesh == {"data": 2, "fsdp": 2, "tensor": 1}
+  assert row.hbm_bytes == 16 * 2**30 and row.fits
+  assert row.flops and row.flops > 0 and row.argument_bytes > 0
+  # Stage 1 and the inference step are lowered for the same slice (their XLA:TPU compiles
+  # take minutes here: the slow test below).
+  config = config_utils.load_config("configs/latent.py:tiny", [
+      "mesh.shape.data=2", "mesh.shape.fsdp=2", "data.synthetic=True"])
+  mesh = shd.make_mesh(config.mesh, devices=devices)
+  low = loop.lower_train_step(config, mesh, compile_check.batch_shapes(config))
+  assert low.lowered.args_info[0][0].params is not None
+  assert {d.platform for d in mesh.devices.flat} == {"tpu"}
+  text = compile_check.format_table(rows, "v5e:2x2")
+  assert "train motion" in text and "| yes |" in text
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_compiles_for_a_v5e_2x2_slice():
+  _tpu("v5e:2x2")
+  rows = compile_check.run("configs/demo.py:tiny", topology="v5e:2x2", progress=False)
+  assert [r.name.split()[0] for r in rows] == ["train", "train", "inference"]
+  assert all(r.fits and r.flops for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["base", "large"])
+def test_paper_size_pipeline_compiles_for_v5e_16_with_fsdp(variant):
+  devices = _tpu("v5e-16")
+  rows = compile_check.run(f"configs/demo.py:{variant}", topology="v5e-16", mesh=(1, -1, 1),
+                           global_batch={"latent": 16, "motion": 64}, progress=False)
+  for r in rows:
+    print(r)
+  latent, motion, _ = rows
+  assert latent.mesh == {"data": 1, "fsdp": len(devices), "tensor": 1}
+  assert latent.fits and motion.fits

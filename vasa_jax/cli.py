@@ -357,5 +357,8 @@ def _stage_ints(text: str | None, name: str) -> dict | None:
   """"8,64" -> {"latent": 8, "motion": 64} (0 keeps the config's)."""
   if not text:
     return None
-  values = _floats(text, 2, name)
+  try:
+    values = _floats(text, 2, name)
+  except argparse.ArgumentTypeError as e:
+    raise VasaInputError(str(e)) from e
   return {"latent": int(values[0]), "motion": int(values[1])}

@@ -9,6 +9,7 @@ allocated; `memory_analysis()` gives the per-device bytes and `cost_analysis()` 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Sequence
 
@@ -32,6 +33,9 @@ def topology_devices(topology: str) -> list:
     VasaInputError: libtpu is missing or does not know the topology.
   """
   name = chips.SLICES.get(topology, topology)
+  # Compiling needs no chip: let several processes (a test run beside a compile check) load
+  # libtpu, which otherwise takes a machine-wide lock file.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
     return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
