@@ -98,9 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "still follows train.num_steps, so a later run continues the same decay")
 
   p = sub.add_parser("extract-motion", help="stage 1 encoder over shards -> motion shards")
-  p.add_argument("--latent-checkpoint", required=True)
-  p.add_argument("--shards", required=True, help="directory written by preprocess")
+  p.add_argument("--latent-checkpoint", help="stage 1 workdir or export (required unless --merge)")
+  p.add_argument("--shards", help="directory written by preprocess (required unless --merge)")
   p.add_argument("--out", required=True)
+  p.add_argument("--shard-index", type=int, default=0, help="this host's part of the clips")
+  p.add_argument("--num-shards", type=int, default=1,
+                 help="how many hosts split the clips (each its own --out; then --merge)")
+  p.add_argument("--merge", nargs="+", metavar="HOST_OUT",
+                 help="instead: join these hosts' outputs into --out (index + statistics)")
 
   p = sub.add_parser("slim-shards",
                      help="stage-1-only copy of preprocessed shards, small enough to ship")
@@ -282,7 +287,15 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     return 0
   if cmd == "extract-motion":
     from vasa_jax.data import extract_motion
-    extract_motion.extract_motion(args.latent_checkpoint, args.shards, args.out)
+    if args.merge:
+      merged = extract_motion.merge_motion(args.merge, args.out)
+      print(f"extract-motion: merged {len(merged.clips)} clips into {args.out}")
+      return 0
+    if not (args.latent_checkpoint and args.shards):
+      raise VasaInputError("extract-motion needs --latent-checkpoint and --shards (or --merge "
+                           "HOST_OUT... to join hosts' outputs)")
+    extract_motion.extract_motion(args.latent_checkpoint, args.shards, args.out,
+                                  shard_index=args.shard_index, num_shards=args.num_shards)
     return 0
   if cmd == "export":
     from vasa_jax.inference import export
