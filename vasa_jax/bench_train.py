@@ -162,7 +162,13 @@ def run(specs: Sequence[str], overrides: Sequence[str] = (), *, sweep: Sequence[
           with config.unlocked():
             config.train.batch_size = int(batch[config.stage])
         name = f"{config.stage} {config.variant}" + (f" [{entry}]" if entry else "")
-        rows.append(bench_stage(config, steps=steps, name=name))
+        try:
+          rows.append(bench_stage(config, steps=steps, name=name))
+        except Exception as e:  # pylint: disable=broad-except
+          # One lever out of memory must not lose the other rows of a sweep.
+          print(f"{name}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                flush=True)
+          continue
         if progress:
           r = rows[-1]
           print(f"{r.name}: {r.steps_per_s:.3f} steps/s (compiled in {r.compile_s:.1f} s)",
