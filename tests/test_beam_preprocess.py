@@ -17,10 +17,7 @@ beam = pytest.importorskip(
     "apache_beam", reason="Apache Beam is an optional extra: pip install 'vasa-jax[beam]'")
 
 from vasa_jax.data import beam_preprocess  # noqa: E402  pylint: disable=wrong-import-position
-
-CLIP_A = "Talking-Face_PC-AVS__misc_Input_00002.mp4"  # person vox_id5176
-CLIP_B = "Talking-Face_PC-AVS__misc_Pose_Source_620900105.mp4"  # person vox_620900105
-R = 64
+from test_preprocess import CLIP_A, CLIP_B, R  # noqa: E402  pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="module")
