@@ -4,14 +4,15 @@ The same per-clip transforms as the single-process path (`preprocess.plan`, `run
 `add_result`), spread over Beam workers:
 
   list the videos (launcher) -> reshuffle -> crop + label + encode each clip (workers; one
-  FaceAnalyzer per worker) -> write its record to a temporary shard named by its input position
-  -> one finishing step takes the results in input order, renames the shards to
-  clips-00000... and writes index.json.
+  FaceAnalyzer per worker), write its record to a temporary shard named by its input position
+  and emit its index entry as a JSON line -> the launcher takes the entries in input order,
+  renames the shards to clips-00000... and writes index.json.
 
-So a DirectRunner run on one machine and a DataflowRunner run on a thousand workers both write
-what `vasa-jax preprocess` alone writes. Paths go through Beam's FileSystems, so `--out` may be
-a gs:// bucket on Dataflow. Apache Beam is an optional extra (`pip install vasa-jax[beam]`):
-its pins (protobuf < 7) conflict with this environment's, so it is imported only here.
+So a DirectRunner run on one machine and a DataflowRunner run on many workers both write what
+`vasa-jax preprocess` alone writes. Shards and entries go through Beam's FileSystems, so `--out`
+may be a bucket (gs://...) on Dataflow. Apache Beam is an optional extra (`pip install
+'vasa-jax[beam]'`): its pins (protobuf < 7) are older than this environment's, so it is imported
+only here.
 """
 from __future__ import annotations
 
