@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from typing import Any, Sequence
 
@@ -76,9 +77,12 @@ class Row:
   flops: float | None
   compile_s: float
   hbm_bytes: float | None
+  oom_bytes: float | None = None  # what XLA:TPU needed when it refused to compile (out of HBM)
 
   @property
   def peak_bytes(self) -> float:
+    if self.oom_bytes is not None:
+      return self.oom_bytes
     # Donated outputs reuse their argument buffers; what is not aliased needs new memory.
     return self.argument_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
 
@@ -87,12 +91,37 @@ class Row:
     return None if self.hbm_bytes is None else self.peak_bytes <= self.hbm_bytes
 
 
-def _row(name, compiled, mesh, batch, params, seconds, devices) -> Row:
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def out_of_memory_bytes(message: str) -> float | None:
+  """The bytes an XLA:TPU compile said it needed ("Ran out of memory in memory space hbm. Used
+  20.54G of 15.75G hbm."), None for any other error."""
+  m = re.search(r"Used ([0-9.]+)([KMGT]) of ([0-9.]+)([KMGT]) hbm", message)
+  return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+def _compile(lowered):
+  """`lowered.compile()`, or the bytes it needed when it did not fit the chip's memory."""
+  try:
+    return lowered.compile(), None
+  except Exception as e:  # pylint: disable=broad-except
+    needed = out_of_memory_bytes(str(e))
+    if needed is None:
+      raise
+    return None, needed
+
+
+def _row(name, compiled, mesh, batch, params, seconds, devices, oom_bytes=None) -> Row:
+  chip = chips.chip_of(devices[0].device_kind)
+  if compiled is None:
+    return Row(name=name, mesh=dict(mesh.shape), batch=batch, params=params, argument_bytes=0.0,
+               temp_bytes=0.0, output_bytes=0.0, alias_bytes=0.0, flops=None, compile_s=seconds,
+               hbm_bytes=None if chip is None else chip.hbm_bytes, oom_bytes=oom_bytes)
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
-  chip = chips.chip_of(devices[0].device_kind)
   return Row(name=name, mesh=dict(mesh.shape), batch=batch, params=params,
              argument_bytes=float(mem.argument_size_in_bytes),
              temp_bytes=float(mem.temp_size_in_bytes),
@@ -109,10 +138,10 @@ def compile_stage(config, devices: Sequence, name: str | None = None) -> Row:
   _check_batch(config, mesh, config.stage)
   t0 = time.perf_counter()
   low = loop.lower_train_step(config, mesh, batch_shapes(config, task), task=task)
-  compiled = low.lowered.compile()
+  compiled, needed = _compile(low.lowered)
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(low.abstract.params))
   return _row(name or f"train {config.stage}", compiled, mesh, int(config.train.batch_size), n,
-              time.perf_counter() - t0, devices)
+              time.perf_counter() - t0, devices, needed)
 
 
 def _check_batch(config, mesh, what):
@@ -209,11 +238,11 @@ def compile_inference(pipeline_config, devices: Sequence, streams: int | None = 
            jax.tree.map(lambda x: widen(x, split, True), controls),
            widen(rng, repl, False), widen(v_can, split, True), widen(z_id, split, True))
   t0 = time.perf_counter()
-  compiled = jax.jit(fn, out_shardings=(jax.tree.map(lambda _: split, carry), split)).lower(
-      *specs).compile()
+  compiled, needed = _compile(jax.jit(
+      fn, out_shardings=(jax.tree.map(lambda _: split, carry), split)).lower(*specs))
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves((latent_params, motion_params)))
   return _row(f"inference ({steps} steps + render)", compiled, mesh, b, n,
-              time.perf_counter() - t0, devices)
+              time.perf_counter() - t0, devices, needed)
 
 
 def run(config_spec: str, overrides: Sequence[str] = (), *, topology: str | None = None,
