@@ -11,7 +11,9 @@ every clip already in the index (and every file already listed as skipped).
 
 Several hosts can split the work: each runs with its own `shard_index` / `num_shards` and its own
 `out_dir`; `merge_indices([out0, out1, ...], merged)` then writes one index whose shard paths
-point (relatively) into the per-host directories, without copying any shard.
+point (relatively) into the per-host directories, without copying any shard. For many workers,
+`beam_preprocess` runs the same per-clip transforms (`plan`, `run_clip`, `add_result`) on
+Apache Beam and writes the same output.
 """
 from __future__ import annotations
 
@@ -396,6 +398,7 @@ def add_result(index: records.ClipIndex, result: ClipResult, shard_no: int, seen
 
 def summarize(index: records.ClipIndex, results: Sequence[ClipResult], already: int,
               seconds: float, out_dir: pathlib.Path) -> dict:
+  """The run's summary (see `preprocess`) from the index after `results` were added."""
   ran = {str(r.task.path) for r in results}
   written = [c for c in index.clips if c.get("source") in ran]
   frames_now = sum(int(c["frames"]) for c in written)
