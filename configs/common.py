@@ -11,7 +11,7 @@ from vasa_jax.constants import (CFG_AUDIO, CFG_GAZE, FPS, MEL_HOP, MEL_NFFT,  # 
 # units), log scale (a head-to-camera distance proxy).
 Z_POSE_DIM = 6
 
-VARIANTS = ("tiny", "demo", "base")
+VARIANTS = ("tiny", "demo", "base", "large")
 # People of ../shared/data the demo never trains on (clean lip sync): both stages hold them out.
 DEMO_VAL_PERSONS = ("bob_menendez", "aoc", "bill_skarsgard")
 # Training people that a second stage 2 run also holds out, so stage 2 choices (its recipe, the

@@ -2,6 +2,7 @@
 
 Run:  vasa-jax bench --config configs/demo.py:demo
       vasa-jax bench --config configs/demo.py:base   (paper scale, 512x512; random weights)
+      vasa-jax compile-check --config configs/demo.py:large --topology v5e:16x16
 Used by `vasa-jax bench` and as the recipe behind `vasa-jax export` (the bundled checkpoint
 stores its own copy of these configs, so loading it needs nothing else).
 """
@@ -21,7 +22,8 @@ def get_config(arg=None):
   config.motion = motion.get_config(arg.variant)
   config.inference = ml_collections.ConfigDict()
   # Paper default is 50 DDIM steps; the demo's 10 are discussed in docs/training.md.
-  config.inference.steps = arg.steps or (10 if arg.variant != "base" else 50)
-  config.inference.compute_dtype = "float32" if arg.variant != "base" else "bfloat16"
+  config.inference.steps = arg.steps or (10 if arg.variant not in ("base", "large") else 50)
+  config.inference.compute_dtype = ("float32" if arg.variant not in ("base", "large")
+                                    else "bfloat16")
   config.inference.render_batch = 0  # frames per decoder call; 0 = one window (W frames)
   return config

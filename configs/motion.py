@@ -3,7 +3,8 @@
 Run:  vasa-jax train --config configs/motion.py:tiny --workdir workdirs/motion_tiny
       vasa-jax train --config configs/motion.py:demo --workdir workdirs/motion_demo \
           --config.data.motion=data/motion
-Variants: tiny (tests), demo (CPU / one GPU), base (paper: 8 layers, width 512, 8 heads).
+Variants: tiny (tests), demo (CPU / one GPU), base (paper: 8 layers, width 512, 8 heads),
+large (a ~29 M parameter DiT, VASA-1's size; pairs with latent.py:large).
 The motion size must match the stage 1 model that extracted the motion (`latent_variant`).
 """
 import ml_collections
@@ -19,6 +20,10 @@ _SIZES = {
                  context=10, batch_size=64),
     "base": dict(layers=8, width=512, heads=8, audio_width=512, audio_layers=4, window=50,
                  context=10, batch_size=64),
+    # large: a DiT of ~29 M parameters like VASA-1's (9 layers of width 512: our condition
+    # embeddings are lighter than the paper's, so one layer more reaches its size).
+    "large": dict(layers=9, width=512, heads=8, audio_width=512, audio_layers=4, window=50,
+                  context=10, batch_size=64),
 }
 
 
@@ -63,7 +68,7 @@ def get_config(arg=None):
   config.model.width = s["width"]
   config.model.heads = s["heads"]
   config.model.mlp_ratio = 4
-  config.model.scan_layers = variant == "base"
+  config.model.scan_layers = variant in ("base", "large")
   config.model.remat_policy = "none"  # none | full | dots
   config.model.audio_encoder = "mel"  # mel | wav2vec2
   config.model.wav2vec2_path = ""  # local Hugging Face checkpoint directory
@@ -101,15 +106,15 @@ def get_config(arg=None):
   config.loss.mouth = 1.0 if variant == "tiny" else 5.0
 
   # The demo trains for minutes, so it takes a larger step than the paper-scale base.
-  lr = {"tiny": 1e-3, "demo": 3e-4, "base": 1e-4}[variant]
+  lr = {"tiny": 1e-3, "demo": 3e-4, "base": 1e-4, "large": 1e-4}[variant]
   config.optim = common.optim_config(lr=lr, min_lr=1e-6,
                                      warmup=10 if variant == "tiny" else 500,
                                      ema_decay=0.0 if variant == "tiny" else 0.999)
   # demo: 1500 steps, where held-out lip sync peaks (docs/training.md).
-  steps = {"tiny": 50, "demo": 1500, "base": 500_000}[variant]
+  steps = {"tiny": 50, "demo": 1500, "base": 500_000, "large": 500_000}[variant]
   config.train = common.train_config(
       num_steps=steps, batch_size=s["batch_size"], log_every=5 if variant == "tiny" else 50,
-      ckpt_every={"tiny": 25, "demo": 500, "base": 1000}[variant], sample_every=0)
+      ckpt_every={"tiny": 25, "demo": 500, "base": 1000, "large": 1000}[variant], sample_every=0)
   config.mesh = common.mesh_config()
   config.audio = common.audio_config()
   return config

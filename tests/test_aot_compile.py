@@ -15,51 +15,29 @@ import re
 import time
 
 import jax
-import jax.numpy as jnp
 import pytest
 
+from vasa_jax import cli
+from vasa_jax import compile_check
 from vasa_jax import config_utils
+from vasa_jax import param_counts
 from vasa_jax.train import loop
 from vasa_jax.train import sharding as shd
 from vasa_jax.train import tasks
 
 MESH = ["mesh.shape.data=4", "mesh.shape.fsdp=2", "mesh.shape.tensor=1"]
-LATENT_KEYS = ("source", "driver", "other", "driver2")  # docs/design.md, stage 1 element
 
 
 def _config(spec: str, *overrides: str):
   return config_utils.load_config(spec, [*MESH, "data.synthetic=True", *overrides])
 
 
-def _batch_shapes(config, task):
-  """GLOBAL batch shapes for `config`, as (shape, dtype) leaves.
-
-  Stage 1 uses the documented element spec (rendering 64 synthetic 512x512 frames only to read
-  their shapes costs seconds); stage 2 reads one synthetic batch (cheap).
-  """
-  batch = int(config.train.batch_size)
-  if config.stage == "latent":
-    r = int(config.model.resolution)
-    return {k: ((batch, r, r, 3), jnp.uint8) for k in LATENT_KEYS}
-  host = next(iter(task.make_dataset("train", 0, 1)))
-  return {k: (v.shape, v.dtype) for k, v in host.items()}
-
-
 def _lower(config):
-  """Lowers (traces + SPMD-annotates, no XLA compile) the loop's train step for `config`."""
+  """Lowers (traces + SPMD-annotates, no XLA compile) the loop's own jitted train step."""
   task = tasks.get_task(config)
-  mesh, rules = shd.make_mesh(config.mesh), shd.logical_rules(config)
-  batch_spec = loop._batch_spec_from_shapes(_batch_shapes(config, task), mesh)  # pylint: disable=protected-access
-  abstract, shardings = loop.abstract_state(task, batch_spec, mesh, rules)
-  repl = shd.replicated(mesh)
-  jitted = jax.jit(loop.make_train_step(task),
-                   in_shardings=(shardings, shd.data_sharding(mesh), repl, repl),
-                   out_shardings=(shardings, repl, repl), donate_argnums=(0, 3))
-  with shd.mesh_context(mesh, rules):
-    lowered = jitted.lower(abstract, batch_spec,
-                           jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl),
-                           jax.ShapeDtypeStruct((), jnp.int32, sharding=repl))
-  return lowered, abstract, shardings, mesh, batch_spec
+  mesh = shd.make_mesh(config.mesh)
+  low = loop.lower_train_step(config, mesh, compile_check.batch_shapes(config, task), task=task)
+  return low.lowered, low.abstract, low.shardings, mesh, low.batch_spec
 
 
 def _fsdp_share(abstract, shardings) -> float:
@@ -113,7 +91,8 @@ def test_motion_tiny_train_step_compiles_for_a_data4_fsdp2_mesh():
   task = tasks.get_task(config)
   mesh = shd.make_mesh(config.mesh)
   t0 = time.perf_counter()
-  compiled = loop.compile_train_step(config, mesh, _batch_shapes(config, task), task=task)
+  compiled = loop.compile_train_step(config, mesh, compile_check.batch_shapes(config, task),
+                                       task=task)
   print(f"motion tiny: compiled in {time.perf_counter() - t0:.1f} s")
   assert isinstance(compiled, jax.stages.Compiled)
   state_shardings = compiled.input_shardings[0][0]
@@ -129,7 +108,8 @@ def test_base_train_step_compiles_for_a_data4_fsdp2_mesh(spec):
   task = tasks.get_task(config)
   mesh = shd.make_mesh(config.mesh)
   t0 = time.perf_counter()
-  compiled = loop.compile_train_step(config, mesh, _batch_shapes(config, task), task=task)
+  compiled = loop.compile_train_step(config, mesh, compile_check.batch_shapes(config, task),
+                                       task=task)
   seconds = time.perf_counter() - t0
   memory = compiled.memory_analysis()
   print(f"{spec}: compiled in {seconds:.1f} s; per device: arguments "
@@ -138,3 +118,91 @@ def test_base_train_step_compiles_for_a_data4_fsdp2_mesh(spec):
   # The state is donated: its buffers are reused for the new state (no second copy).
   assert memory.alias_size_in_bytes > 0.9 * memory.output_size_in_bytes
   assert compiled.cost_analysis() is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter counts of the paper-size variant (shapes only, seconds).
+# ---------------------------------------------------------------------------------------------
+def test_large_variants_are_sized_like_vasa1(capsys):
+  latent = param_counts.by_module(param_counts.count_params(
+      config_utils.load_config("configs/latent.py:large")), 2)
+  motion = param_counts.by_module(param_counts.count_params(
+      config_utils.load_config("configs/motion.py:large")), 1)
+  # VASA-1: a face latent model of about 200 M parameters and a 29 M parameter DiT.
+  assert 180e6 < latent[("gen",)] < 220e6
+  assert latent[("gen", "encoder")] > 30e6 and latent[("gen", "decoder")] > 120e6
+  assert 26e6 < motion[("dit",)] < 32e6
+  base = param_counts.by_module(param_counts.count_params(
+      config_utils.load_config("configs/latent.py:base")), 1)
+  assert 20e6 < base[("gen",)] < 35e6  # base is unchanged
+  assert cli.main(["params", "--config", "configs/motion.py:large", "--depth", "1"]) == 0
+  out = capsys.readouterr().out
+  assert "| dit | 29," in out and "| total |" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# TPU slices compiled on this CPU (libtpu describes the topology; nothing runs on a TPU).
+# ---------------------------------------------------------------------------------------------
+def _tpu(topology: str):
+  pytest.importorskip("libtpu", reason="libtpu absent: pip install libtpu (the `test` extra)")
+  devices = compile_check.topology_devices(topology)
+  # Installing libtpu must not move the tests off the CPU backend (conftest: JAX_PLATFORMS=cpu).
+  assert jax.devices()[0].platform == "cpu"
+  return devices
+
+
+def test_tiny_steps_compile_for_a_v5e_2x2_slice(capsys):
+  devices = _tpu("v5e:2x2")
+  assert len(devices) == 4 and devices[0].device_kind == "TPU v5 lite"
+  # Stage 2's train step, compiled by XLA:TPU with the loop's own jit signature.
+  assert cli.main(["compile-check", "--config", "configs/demo.py:tiny", "--topology", "v5e:2x2",
+                   "--mesh", "2,2,1", "--stages", "motion"]) == 0
+  table = capsys.readouterr().out
+  (row,) = [line for line in table.splitlines() if line.startswith("| train motion")]
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  # step | mesh | batch | params | args | temp | peak | HBM | fits | TFLOP | compile s
+  assert cells[1] == "(2, 2, 1)" and cells[2] == "8"
+  assert cells[7] == "16.00" and cells[8] == "yes"  # v5e: 16 GiB of HBM per chip
+  # Stage 1 and the inference step are lowered for the same slice (their XLA:TPU compiles
+  # take minutes here: the slow test below).
+  config = config_utils.load_config("configs/latent.py:tiny", [
+      "mesh.shape.data=2", "mesh.shape.fsdp=2", "data.synthetic=True"])
+  mesh = shd.make_mesh(config.mesh, devices=devices)
+  low = loop.lower_train_step(config, mesh, compile_check.batch_shapes(config))
+  assert {d.platform for d in mesh.devices.flat} == {"tpu"}
+  (state_info, *_), _ = low.lowered.args_info
+  assert all(a.donated for a in jax.tree.leaves(state_info))
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_compiles_for_a_v5e_2x2_slice():
+  _tpu("v5e:2x2")
+  rows = compile_check.run("configs/demo.py:tiny", topology="v5e:2x2", progress=False)
+  assert [r.name.split()[0] for r in rows] == ["train", "train", "inference"]
+  assert all(r.fits and r.flops for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["base", "large"])
+def test_paper_size_pipeline_compiles_for_v5e_16_with_fsdp(variant):
+  devices = _tpu("v5e-16")
+  rows = compile_check.run(f"configs/demo.py:{variant}", topology="v5e-16", mesh=(1, -1, 1),
+                           global_batch={"latent": 16, "motion": 64}, progress=False)
+  for r in rows:
+    print(r)
+  latent, motion, _ = rows
+  assert latent.mesh == {"data": 1, "fsdp": len(devices), "tensor": 1}
+  assert motion.fits
+  assert latent.fits is not None  # compiled, or refused with the bytes it needed
+
+
+def test_an_out_of_memory_compile_is_a_row_that_does_not_fit():
+  message = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+             "space hbm. Used 20.54G of 15.75G hbm. Exceeded hbm capacity by 4.79G.")
+  assert compile_check.out_of_memory_bytes(message) == pytest.approx(20.54 * 2**30)
+  assert compile_check.out_of_memory_bytes("INVALID_ARGUMENT: bad sharding") is None
+  row = compile_check.Row(name="train latent", mesh={"data": 1, "fsdp": 16, "tensor": 1},
+                          batch=16, params=1, argument_bytes=0, temp_bytes=0, output_bytes=0,
+                          alias_bytes=0, flops=None, compile_s=1.0, hbm_bytes=16 * 2**30,
+                          oom_bytes=20.54 * 2**30)
+  assert row.fits is False and "| NO |" in compile_check.format_table([row])

@@ -79,3 +79,30 @@ def test_rejects_a_motion_checkpoint(tmp_path):
   checkpoint.export_params({"w": np.zeros((2,), np.float32)}, motion, tmp_path / "m")
   with pytest.raises(VasaInputError, match="not a stage 1"):
     extract_motion.load_face_model(tmp_path / "m")
+
+
+def test_two_hosts_then_merge_equal_one_run(tmp_path, latent_export):
+  from vasa_jax import cli
+  export, _ = latent_export
+  shards = tmp_path / "shards"
+  _fake_shards(shards, 64, clips=3, frames=8)
+  one = tmp_path / "one"
+  extract_motion.extract_motion(export, shards, one, batch=8, progress=False)
+  for i in range(2):
+    assert cli.main(["extract-motion", "--latent-checkpoint", str(export), "--shards",
+                     str(shards), "--out", str(tmp_path / f"host{i}"), "--shard-index", str(i),
+                     "--num-shards", "2"]) == 0
+  assert len(records.ClipIndex.load(tmp_path / "host0").clips) == 2  # clips 0 and 2
+  assert cli.main(["extract-motion", "--out", str(tmp_path / "all"), "--merge",
+                   str(tmp_path / "host0"), str(tmp_path / "host1")]) == 0
+  merged, single = records.ClipIndex.load(tmp_path / "all"), records.ClipIndex.load(one)
+  assert sorted(c["clip"] for c in merged.clips) == sorted(c["clip"] for c in single.clips)
+  assert merged.extra["z_dyn_dim"] == single.extra["z_dyn_dim"]
+  by_name = {c["clip"]: c for c in single.clips}
+  for c in merged.clips:
+    np.testing.assert_allclose(merged.read(c)["z_dyn"], single.read(by_name[c["clip"]])["z_dyn"],
+                               atol=1e-6)
+  stats = [json.loads((d / extract_motion.STATS_NAME).read_text()) for d in
+           (tmp_path / "all", one)]
+  np.testing.assert_allclose(stats[0]["mean"], stats[1]["mean"], atol=1e-6)
+  assert stats[0]["frames"] == stats[1]["frames"] == 24

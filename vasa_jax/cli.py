@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--resolution", type=int, default=128)
   p.add_argument("--shard-index", type=int, default=0, help="this host's part of the inputs")
   p.add_argument("--num-shards", type=int, default=1, help="how many hosts split the inputs")
+  p.add_argument("--runner", help="run on Apache Beam with this runner (DirectRunner, "
+                 "DataflowRunner, FlinkRunner, SparkRunner, ...); other --options after it "
+                 "are Beam pipeline options (e.g. --direct_num_workers=4, --project=...)")
 
   for name, help_text in (("train", "train stage 1 or stage 2 (the config decides)"),):
     p = sub.add_parser(name, help=help_text)
@@ -106,9 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "still follows train.num_steps, so a later run continues the same decay")
 
   p = sub.add_parser("extract-motion", help="stage 1 encoder over shards -> motion shards")
-  p.add_argument("--latent-checkpoint", required=True)
-  p.add_argument("--shards", required=True, help="directory written by preprocess")
+  p.add_argument("--latent-checkpoint", help="stage 1 workdir or export (required unless --merge)")
+  p.add_argument("--shards", help="directory written by preprocess (required unless --merge)")
   p.add_argument("--out", required=True)
+  p.add_argument("--shard-index", type=int, default=0, help="this host's part of the clips")
+  p.add_argument("--num-shards", type=int, default=1,
+                 help="how many hosts split the clips (each its own --out; then --merge)")
+  p.add_argument("--merge", nargs="+", metavar="HOST_OUT",
+                 help="instead: join these hosts' outputs into --out (index + statistics)")
 
   p = sub.add_parser("slim-shards",
                      help="stage-1-only copy of preprocessed shards, small enough to ship")
@@ -191,6 +199,35 @@ def build_parser() -> argparse.ArgumentParser:
                  help="store it in this other pipeline directory instead (e.g. the run that "
                       "trained on the calibration people)")
 
+  p = sub.add_parser("params", help="parameter counts per module of a config (no allocation)")
+  p.add_argument("--config", required=True, help="e.g. configs/latent.py:large")
+  p.add_argument("--depth", type=int, default=3, help="module path depth shown (default 3)")
+
+  p = sub.add_parser("compile-check", help="compile both train steps and the inference step "
+                     "for a TPU slice on this machine: memory per device, FLOPs, fits or not")
+  p.add_argument("--config", default="configs/demo.py:large",
+                 help="pipeline config (both stages; default: %(default)s)")
+  p.add_argument("--topology", help="TPU slice, e.g. v5e:16x16, v4:2x2x4, v5p:4x4x4 or v5e-256 "
+                 "(needs libtpu; default: this machine's devices)")
+  p.add_argument("--mesh", help="DATA,FSDP,TENSOR for both train steps, -1 = the rest "
+                 "(e.g. 1,-1,1 for pure FSDP; default: each stage's config.mesh)")
+  p.add_argument("--global-batch", help="LATENT,MOTION global train batches (default: configs')")
+  p.add_argument("--stages", default="latent,motion,inference",
+                 help="comma-separated subset of latent,motion,inference")
+
+  p = sub.add_parser("bench-train", help="training steps/s, examples/s, FLOPs and MFU of both "
+                     "stages on this machine's devices")
+  p.add_argument("--config", nargs="+", default=["configs/demo.py:demo"],
+                 help="stage or pipeline configs (default: %(default)s)")
+  p.add_argument("--sweep", nargs="+", default=[""],
+                 help="rows compared in one run: '' (as configured) or comma-separated "
+                 "stage-relative overrides, e.g. train.compute_dtype=bfloat16 "
+                 "model.remat_policy=full")
+  p.add_argument("--stages", default="latent,motion", help="comma-separated stages to run")
+  p.add_argument("--batch", help="LATENT,MOTION global batches (default: configs')")
+  p.add_argument("--steps", type=int, default=5, help="timed steps per row (default 5)")
+  p.add_argument("--out", help="JSON output path")
+
   p = sub.add_parser("bench", help="speed table: audio encoder, sampler, decoder, end to end")
   p.add_argument("--config", default="configs/demo.py:demo")
   p.add_argument("--checkpoint", help="pipeline directory (default: random weights)")
@@ -244,7 +281,14 @@ def main(argv: list[str] | None = None) -> int:
   overrides = [a for a in argv if a.startswith("--config.")]
   argv = [a for a in argv if not a.startswith("--config.")]
   parser = build_parser()
-  args = parser.parse_args(argv)
+  if argv and argv[0] == "preprocess":
+    # Beam pipeline options (--project, --direct_num_workers, ...) go through unparsed.
+    args, beam_args = parser.parse_known_args(argv)
+    args.beam_args = beam_args
+    if beam_args and not args.runner:
+      parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam options need --runner)")
+  else:
+    args = parser.parse_args(argv)
   if args.command is None:
     parser.print_help()
     return 0
@@ -269,6 +313,12 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
   cmd = args.command
   if cmd == "preprocess":
     from vasa_jax.data import preprocess
+    if args.runner:
+      from vasa_jax.data import beam_preprocess
+      summary = beam_preprocess.run(args.input, args.out, persons_csv=args.persons,
+                                    resolution=args.resolution, runner=args.runner,
+                                    beam_args=args.beam_args)
+      return 0 if summary.get("total_clips", 0) else 1
     summary = preprocess.preprocess(args.input, args.out, persons_csv=args.persons,
                                     resolution=args.resolution, shard_index=args.shard_index,
                                     num_shards=args.num_shards)
@@ -294,7 +344,15 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     return 0
   if cmd == "extract-motion":
     from vasa_jax.inference import extract_motion
-    extract_motion.extract_motion(args.latent_checkpoint, args.shards, args.out)
+    if args.merge:
+      merged = extract_motion.merge_motion(args.merge, args.out)
+      print(f"extract-motion: merged {len(merged.clips)} clips into {args.out}")
+      return 0
+    if not (args.latent_checkpoint and args.shards):
+      raise VasaInputError("extract-motion needs --latent-checkpoint and --shards (or --merge "
+                           "HOST_OUT... to join hosts' outputs)")
+    extract_motion.extract_motion(args.latent_checkpoint, args.shards, args.out,
+                                  shard_index=args.shard_index, num_shards=args.num_shards)
     return 0
   if cmd == "export":
     from vasa_jax.inference import export
@@ -343,6 +401,23 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
           + (f" written to {result['written']}" if result["written"] else "")
           + f"; report in {args.out}/{mc.MD_NAME}")
     return 0
+  if cmd == "params":
+    from vasa_jax import param_counts
+    param_counts.run(args.config, overrides, depth=args.depth)
+    return 0
+  if cmd == "compile-check":
+    from vasa_jax import compile_check as cc
+    rows = cc.run(args.config, overrides, topology=args.topology, mesh=cc.parse_mesh(args.mesh),
+                  global_batch=_stage_ints(args.global_batch, "global-batch"),
+                  stages=[s for s in args.stages.split(",") if s])
+    print(cc.format_table(rows, args.topology or "this machine"))
+    return 0 if all(r.fits is not False for r in rows) else 1
+  if cmd == "bench-train":
+    from vasa_jax import bench_train
+    bench_train.run(args.config, overrides, sweep=args.sweep,
+                    stages=[s for s in args.stages.split(",") if s],
+                    batch=_stage_ints(args.batch, "batch"), steps=args.steps, out=args.out)
+    return 0
   if cmd == "bench":
     from vasa_jax import bench
     bench.run(args.config, overrides, checkpoint=args.checkpoint, seconds=args.seconds,
@@ -365,3 +440,14 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
                first_window=args.first_window, seed=args.seed)
     return 0
   raise AssertionError(cmd)
+
+
+def _stage_ints(text: str | None, name: str) -> dict | None:
+  """"8,64" -> {"latent": 8, "motion": 64} (0 keeps the config's)."""
+  if not text:
+    return None
+  try:
+    values = _floats(text, 2, name)
+  except argparse.ArgumentTypeError as e:
+    raise VasaInputError(str(e)) from e
+  return {"latent": int(values[0]), "motion": int(values[1])}

@@ -11,7 +11,9 @@ every clip already in the index (and every file already listed as skipped).
 
 Several hosts can split the work: each runs with its own `shard_index` / `num_shards` and its own
 `out_dir`; `merge_indices([out0, out1, ...], merged)` then writes one index whose shard paths
-point (relatively) into the per-host directories, without copying any shard.
+point (relatively) into the per-host directories, without copying any shard. For many workers,
+`beam_preprocess` runs the same per-clip transforms (`plan`, `run_clip`, `add_result`) on
+Apache Beam and writes the same output.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import itertools
 import os
 import pathlib
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -290,11 +292,136 @@ def _entry(record: dict, source: pathlib.Path, shard: str, resolution: int) -> d
   }
 
 
+class ClipTask(NamedTuple):
+  """One input video and what its record needs besides the pixels."""
+  path: pathlib.Path
+  person: str
+  audio_path: pathlib.Path | None
+
+
+class ClipResult(NamedTuple):
+  """What one clip gives: a record (its encoded bytes and index entry, shard not yet named) or
+  the reason it was skipped."""
+  task: ClipTask
+  payload: bytes | None
+  entry: dict | None
+  skipped: dict | None
+
+
+def plan(inputs, *, persons_csv=None, shard_index: int = 0, num_shards: int = 1
+         ) -> list[ClipTask]:
+  """The sorted input videos of this shard, each with its person and separate audio."""
+  persons = read_persons_csv(persons_csv) if persons_csv else {}
+  tasks = []
+  for path in shard_inputs(list_inputs(inputs), shard_index, num_shards):
+    row = persons.get(path.name)
+    tasks.append(ClipTask(path, (row or {}).get("person") or path.stem, paired_audio(path, row)))
+  return tasks
+
+
+def pending(tasks: Sequence[ClipTask], index: records.ClipIndex, retry_skipped: bool = False
+            ) -> tuple[list[ClipTask], int]:
+  """The tasks an existing index does not cover yet, and how many it already holds.
+
+  With `retry_skipped`, the index forgets its skips among `tasks` (they run again).
+  """
+  done_sources = {c.get("source") for c in index.clips}
+  done_names = index.clip_names
+  if retry_skipped:
+    index.skipped = [s for s in index.skipped if s["path"] not in {str(t.path) for t in tasks}]
+  skipped_paths = {s["path"] for s in index.skipped}
+  todo, already = [], 0
+  for t in tasks:
+    if str(t.path) in done_sources or t.path.stem in done_names:
+      already += 1
+    elif str(t.path) not in skipped_paths:
+      todo.append(t)
+  return todo, already
+
+
+def run_clip(task: ClipTask, *, resolution: int, analyzer, max_seconds: float = 60.0
+             ) -> ClipResult:
+  """Crops, labels and encodes one clip; any failure becomes a skip with its reason (one bad
+  file must not stop a long run; the reason is kept for the user to inspect)."""
+  path = task.path
+  try:
+    record = process_clip(path, person=task.person, resolution=resolution, analyzer=analyzer,
+                          audio_path=task.audio_path, max_seconds=max_seconds)
+  except NoFaceError as e:
+    reason = f"no face: {e}"
+  except _Skip as e:
+    reason = str(e)
+  except VasaInputError as e:
+    reason = f"unreadable: {e}"
+  except Exception as e:  # pylint: disable=broad-except
+    reason = f"error: {type(e).__name__}: {e}"
+  else:
+    return ClipResult(task, records.encode_clip(record), _entry(record, path, "", resolution),
+                      None)
+  return ClipResult(task, None, None, {"path": str(path), "reason": reason})
+
+
+def duplicate(result: ClipResult) -> ClipResult:
+  """A written clip whose name an earlier clip already took, as a skip."""
+  return result._replace(payload=None, entry=None, skipped={
+      "path": str(result.task.path),
+      "reason": f"duplicate clip name {result.task.path.stem!r} (file names must be unique)"})
+
+
+def open_index(out_dir: pathlib.Path, resolution: int) -> records.ClipIndex:
+  """The index in `out_dir` (new, or an earlier run's to resume), checked for `resolution`."""
+  (out_dir / records.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+  index = records.ClipIndex.load_or_new(out_dir, resolution=resolution, fps=FPS)
+  if index.resolution not in (None, resolution):
+    raise VasaInputError(f"{out_dir} holds clips at resolution {index.resolution}, not "
+                         f"{resolution}; use another output directory.")
+  index.resolution = resolution
+  return index
+
+
+def add_result(index: records.ClipIndex, result: ClipResult, shard_no: int, seen: set[str],
+               write) -> bool:
+  """Adds one result to the index in input order (the shard is written by `write(shard,
+  payload)`); returns whether it took shard number `shard_no`."""
+  path = str(result.task.path)
+  if result.entry is not None and result.task.path.stem in seen:
+    result = duplicate(result)
+  index.skipped = [s for s in index.skipped if s["path"] != path]
+  if result.entry is None:
+    index.skipped.append(result.skipped)
+    return False
+  shard = f"{records.SHARD_DIR}/clips-{shard_no:05d}.array_record"
+  write(shard, result.payload)
+  index.clips.append(dict(result.entry, shard=shard))
+  seen.add(result.task.path.stem)
+  return True
+
+
+def summarize(index: records.ClipIndex, results: Sequence[ClipResult], already: int,
+              seconds: float, out_dir: pathlib.Path) -> dict:
+  """The run's summary (see `preprocess`) from the index after `results` were added."""
+  ran = {str(r.task.path) for r in results}
+  written = [c for c in index.clips if c.get("source") in ran]
+  frames_now = sum(int(c["frames"]) for c in written)
+  return {
+      "written": len(written), "already_done": already,
+      "skipped": [s for s in index.skipped if s["path"] in ran],
+      "frames": frames_now, "seconds": round(seconds, 2),
+      "frames_per_second": round(frames_now / seconds, 2) if seconds > 0 and frames_now else 0.0,
+      "total_clips": len(index.clips), "total_frames": index.num_frames,
+      "index": str(out_dir / records.INDEX_NAME),
+  }
+
+
 def preprocess(inputs, out_dir: str | os.PathLike, *, persons_csv: str | os.PathLike | None = None,
                resolution: int = 128, shard_index: int = 0, num_shards: int = 1,
                progress: bool = True, max_seconds: float = 60.0, retry_skipped: bool = False,
                num_threads: int = 1) -> dict:
   """Preprocesses videos into `out_dir/shards/*.array_record` + `out_dir/index.json`.
+
+  The single-process path (and, with `shard_index`/`num_shards`, the home-made multi-host
+  one): the same per-clip transforms (`plan`, `run_clip`, `add_result`) as the Apache Beam
+  pipeline of `beam_preprocess`, run in a loop.
 
   Args:
     inputs: a directory, a glob, a video file, or a list of these.
@@ -315,80 +442,37 @@ def preprocess(inputs, out_dir: str | os.PathLike, *, persons_csv: str | os.Path
     `total_clips`, `total_frames`, `index` (path).
   """
   out_dir = pathlib.Path(out_dir)
-  (out_dir / records.SHARD_DIR).mkdir(parents=True, exist_ok=True)
-  index = records.ClipIndex.load_or_new(out_dir, resolution=resolution, fps=FPS)
-  if index.resolution not in (None, resolution):
-    raise VasaInputError(f"{out_dir} holds clips at resolution {index.resolution}, not "
-                         f"{resolution}; use another output directory.")
-  index.resolution = resolution
-  persons = read_persons_csv(persons_csv) if persons_csv else {}
-  paths = shard_inputs(list_inputs(inputs), shard_index, num_shards)
-
-  done_sources = {c.get("source") for c in index.clips}
-  done_names = index.clip_names
-  if retry_skipped:
-    index.skipped = [s for s in index.skipped if s["path"] not in {str(p) for p in paths}]
-  skipped_paths = {s["path"] for s in index.skipped}
-  todo, already = [], 0
-  for p in paths:
-    if str(p) in done_sources or p.stem in done_names:
-      already += 1
-    elif str(p) not in skipped_paths:
-      todo.append(p)
+  index = open_index(out_dir, resolution)
+  tasks = plan(inputs, persons_csv=persons_csv, shard_index=shard_index, num_shards=num_shards)
+  todo, already = pending(tasks, index, retry_skipped)
 
   analyzer = face_crop.FaceAnalyzer(num_threads=num_threads) if todo else None
-  skipped_now: list[dict] = []
-  written = frames_now = 0
+  results: list[ClipResult] = []
+  frames_now = n_skipped = 0
   start = time.time()
   bar = None
   if progress:
     bar = tqdm(total=len(todo), unit="clip", desc="preprocess")
   shard_no = _next_shard_number(index)
-  seen_names = set(done_names)
-  for path in todo:
-    row = persons.get(path.name)
-    person = (row or {}).get("person") or path.stem
-    try:
-      if path.stem in seen_names:
-        raise _Skip(f"duplicate clip name {path.stem!r} (file names must be unique)")
-      record = process_clip(path, person=person, resolution=resolution, analyzer=analyzer,
-                            audio_path=paired_audio(path, row), max_seconds=max_seconds)
-    except NoFaceError as e:
-      skipped_now.append({"path": str(path), "reason": f"no face: {e}"})
-    except _Skip as e:
-      skipped_now.append({"path": str(path), "reason": str(e)})
-    except VasaInputError as e:
-      skipped_now.append({"path": str(path), "reason": f"unreadable: {e}"})
-    except Exception as e:  # pylint: disable=broad-except
-      # One bad file must not stop a long run; the reason is kept for the user to inspect.
-      skipped_now.append({"path": str(path), "reason": f"error: {type(e).__name__}: {e}"})
-    else:
-      shard = f"{records.SHARD_DIR}/clips-{shard_no:05d}.array_record"
-      records.write_shard(out_dir / shard, [records.encode_clip(record)])
-      index.clips.append(_entry(record, path, shard, resolution))
-      seen_names.add(path.stem)
+  seen = set(index.clip_names)
+  write = lambda shard, payload: records.write_shard(out_dir / shard, [payload])  # noqa: E731
+  for task in todo:
+    result = run_clip(task, resolution=resolution, analyzer=analyzer, max_seconds=max_seconds)
+    results.append(result)
+    if add_result(index, result, shard_no, seen, write):
       shard_no += 1
-      written += 1
-      frames_now += len(record["face_scale"])
-      del record
-    index.skipped = [s for s in index.skipped if s["path"] != str(path)]
-    index.skipped += [s for s in skipped_now if s["path"] == str(path)]
+      frames_now += result.entry["frames"]
+    else:
+      n_skipped += 1
     index.save()  # after every clip: a crash leaves only complete shards behind
     if bar is not None:
       elapsed = max(time.time() - start, 1e-6)
-      bar.set_postfix(frames_per_s=f"{frames_now / elapsed:.1f}", skipped=len(skipped_now))
+      bar.set_postfix(frames_per_s=f"{frames_now / elapsed:.1f}", skipped=n_skipped)
       bar.update(1)
   if bar is not None:
     bar.close()
   index.save()
-  seconds = time.time() - start
-  summary = {
-      "written": written, "already_done": already, "skipped": skipped_now,
-      "frames": frames_now, "seconds": round(seconds, 2),
-      "frames_per_second": round(frames_now / seconds, 2) if seconds > 0 and frames_now else 0.0,
-      "total_clips": len(index.clips), "total_frames": index.num_frames,
-      "index": str(out_dir / records.INDEX_NAME),
-  }
+  summary = summarize(index, results, already, time.time() - start, out_dir)
   if progress:
     print(format_summary(summary))
   return summary

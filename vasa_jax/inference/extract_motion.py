@@ -95,7 +95,7 @@ def resize_frames(frames: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def extract_motion(latent_checkpoint, shards, out, *, batch: int = 32,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, shard_index: int = 0, num_shards: int = 1) -> dict:
   """Writes motion shards for every clip of `shards` (resumable: done clips are skipped).
 
   Args:
@@ -104,6 +104,9 @@ def extract_motion(latent_checkpoint, shards, out, *, batch: int = 32,
     out: output directory.
     batch: frames per encoder call.
     progress: show a progress bar.
+    shard_index: this host's part of the clips (every num_shards-th clip of the index) ...
+    num_shards: ... out of this many hosts; each writes its own `out`, and `merge_motion`
+      joins them (one index, statistics over all clips).
 
   Returns:
     A summary dict: clips written now, total clips, frames, seconds, frames per second.
@@ -118,7 +121,9 @@ def extract_motion(latent_checkpoint, shards, out, *, batch: int = 32,
                    z_pose_dim=int(config.model.z_pose_dim), z_dyn_dim=int(config.model.z_dyn_dim))
   done = dst.clip_names
   encode = make_motion_encoder(model, params, batch)
-  todo = [e for e in src.clips if e["clip"] not in done]
+  if num_shards < 1 or not 0 <= shard_index < num_shards:
+    raise VasaInputError(f"Need 0 <= shard_index < num_shards, got {shard_index}/{num_shards}.")
+  todo = [e for e in src.clips[shard_index::num_shards] if e["clip"] not in done]
   t0, frames_done = time.perf_counter(), 0
   bar = tqdm(todo, desc="extract-motion", unit="clip", disable=not progress)
   for entry in bar:
@@ -139,6 +144,18 @@ def extract_motion(latent_checkpoint, shards, out, *, batch: int = 32,
   seconds = time.perf_counter() - t0
   return {"written": len(todo), "total_clips": len(dst.clips), "frames": frames_done,
           "seconds": seconds, "frames_per_second": frames_done / max(seconds, 1e-9)}
+
+
+def merge_motion(out_dirs, merged_out) -> records.ClipIndex:
+  """One index over the motion of several hosts (`extract_motion(..., shard_index=i)`), with
+  `motion_stats.json` computed over all their clips; shards stay where they are."""
+  from vasa_jax.data import preprocess  # pylint: disable=import-outside-toplevel
+  merged = preprocess.merge_indices(out_dirs, merged_out)
+  merged.extra.update(records.ClipIndex.load(list(out_dirs)[0]).extra)
+  merged.save()
+  records.atomic_write_text(pathlib.Path(merged_out) / STATS_NAME,
+                            json.dumps(motion_stats(merged)))
+  return merged
 
 
 def motion_stats(index: records.ClipIndex) -> dict:

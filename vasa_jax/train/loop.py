@@ -13,7 +13,7 @@ import logging
 import math
 import io
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 from jax.experimental import multihost_utils
@@ -195,19 +195,37 @@ def make_train_step(task, frozen: Sequence[tuple[str, ...]] = ()):
   return step_fn
 
 
-def _compile_step(task, abstract, shardings, batch_spec, mesh, rules, frozen=()):
-  """jit with in/out shardings and donation, lowered and compiled ahead of time."""
+def jit_train_step(task, shardings, mesh, frozen: Sequence[tuple[str, ...]] = ()):
+  """The train step's one jit signature, shared by `train` and every AOT compile check.
+
+  State in and out with `shardings`, the batch split over the data axes, rng and `first_bad`
+  replicated; the state and `first_bad` are donated (their buffers become the new ones).
+  As maxtext's train_compile, the checks compile exactly what training runs.
+
+  Returns:
+    The jitted (state, batch, rng, first_bad) -> (state, metrics, first_bad).
+  """
   repl = shd.replicated(mesh)
-  jitted = jax.jit(
+  return jax.jit(
       make_train_step(task, frozen),
       in_shardings=(shardings, shd.data_sharding(mesh), repl, repl),
       out_shardings=(shardings, repl, repl),
       donate_argnums=(0, 3))
-  rng_spec = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl)
-  bad_spec = jax.ShapeDtypeStruct((), jnp.int32, sharding=repl)
+
+
+def train_step_args(abstract, batch_spec, mesh) -> tuple:
+  """ShapeDtypeStructs of `jit_train_step`'s arguments: (state, batch, rng, first_bad)."""
+  repl = shd.replicated(mesh)
+  return (abstract, batch_spec, jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl),
+          jax.ShapeDtypeStruct((), jnp.int32, sharding=repl))
+
+
+def _compile_step(task, abstract, shardings, batch_spec, mesh, rules, frozen=()):
+  """`jit_train_step` lowered and compiled ahead of time; returns (compiled, seconds)."""
+  jitted = jit_train_step(task, shardings, mesh, frozen)
   t0 = time.perf_counter()
   with shd.mesh_context(mesh, rules):
-    compiled = jitted.lower(abstract, batch_spec, rng_spec, bad_spec).compile()
+    compiled = jitted.lower(*train_step_args(abstract, batch_spec, mesh)).compile()
   return compiled, time.perf_counter() - t0
 
 
@@ -223,11 +241,42 @@ def _batch_spec_from_shapes(batch_shapes, mesh):
                       is_leaf=lambda x: isinstance(x, (jax.ShapeDtypeStruct, tuple)))
 
 
+class LoweredTrainStep(NamedTuple):
+  lowered: jax.stages.Lowered
+  abstract: Any  # the unboxed abstract TrainState (ShapeDtypeStructs with shardings)
+  shardings: Any  # its NamedShardings
+  batch_spec: Any  # ShapeDtypeStructs of the global batch
+
+
+def lower_train_step(config, mesh, batch_shapes, task=None) -> LoweredTrainStep:
+  """Lowers `config`'s train step (`jit_train_step`) for `mesh` without allocating anything.
+
+  Args:
+    config: the run config.
+    mesh: a device mesh (`sharding.make_mesh`; its devices may be a TPU topology's).
+    batch_shapes: pytree of the GLOBAL batch, leaves `jax.ShapeDtypeStruct` or (shape, dtype).
+    task: the Task (default `tasks.get_task(config)`).
+
+  Returns:
+    A LoweredTrainStep; `.lowered.compile()` gives what `train` runs.
+  """
+  task = tasks.get_task(config) if task is None else task
+  rules = shd.logical_rules(config)
+  batch_spec = _batch_spec_from_shapes(batch_shapes, mesh)
+  abstract, shardings = abstract_state(task, batch_spec, mesh, rules)
+  frozen = check_freeze_paths(abstract.params, config.get("optim", {}).get("freeze", []))
+  jitted = jit_train_step(task, shardings, mesh, frozen)
+  with shd.mesh_context(mesh, rules):
+    lowered = jitted.lower(*train_step_args(abstract, batch_spec, mesh))
+  return LoweredTrainStep(lowered, abstract, shardings, batch_spec)
+
+
 def compile_train_step(config, mesh, batch_shapes, task=None) -> jax.stages.Compiled:
   """Compiles `config`'s train step for `mesh` without allocating or running anything.
 
   Useful to check that a large config partitions and fits (e.g. `base` on 8 virtual CPU
-  devices): `compiled.memory_analysis()`, `compiled.cost_analysis()`.
+  devices, or a TPU topology: `vasa-jax compile-check`): `compiled.memory_analysis()`,
+  `compiled.cost_analysis()`.
 
   Args:
     config: the run config.
@@ -239,14 +288,10 @@ def compile_train_step(config, mesh, batch_shapes, task=None) -> jax.stages.Comp
     The compiled step: (state, batch, rng (2,) uint32, first_bad () int32) ->
     (state, metrics, first_bad).
   """
-  task = tasks.get_task(config) if task is None else task
-  rules = shd.logical_rules(config)
-  batch_spec = _batch_spec_from_shapes(batch_shapes, mesh)
-  abstract, shardings = abstract_state(task, batch_spec, mesh, rules)
-  frozen = check_freeze_paths(abstract.params, config.get("optim", {}).get("freeze", []))
-  compiled, seconds = _compile_step(task, abstract, shardings, batch_spec, mesh, rules, frozen)
+  t0 = time.perf_counter()
+  compiled = lower_train_step(config, mesh, batch_shapes, task).lowered.compile()
   log.info("Compiled the %s train step for mesh %s in %.1fs", config.get("stage"),
-           dict(mesh.shape), seconds)
+           dict(mesh.shape), time.perf_counter() - t0)
   return compiled
 
 
