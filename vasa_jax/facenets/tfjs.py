@@ -221,7 +221,7 @@ def read_graph_model(model_json: str) -> tuple[GraphModel, dict[str, np.ndarray]
                                                                                  "Placeholder"))
   static = tuple((k, _nested(v)) for k, v in sorted(weights.items()) if v.dtype.kind in "iub")
   params = {k: v for k, v in weights.items() if v.dtype.kind == "f"}
-  meta = tuple((k, str(spec[k])) for k in ("generatedBy", "convertedBy") if k in spec)
+  meta = tuple((k, str(spec[k])) for k in ("convertedBy", "generatedBy") if k in spec)
   name = os.path.splitext(os.path.basename(model_json))[0]
   return GraphModel(name, tuple(nodes), static, placeholders[0]["name"], input_shape, sinks,
                     meta), params
