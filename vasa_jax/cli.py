@@ -133,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="report directory")
   p.add_argument("--max-seconds", type=float,
                  help="evaluate only the first seconds of every video and clip (default: all)")
+  p.add_argument("--face-metrics", action="store_true",
+                 help="also CSIM, M-LMD and emotion accuracy with the face networks (needs "
+                 "`vasa-jax fetch-face-nets`) -> face_metrics.md")
+  p.add_argument("--portraits", nargs="*", default=[],
+                 help="with --face-metrics: the portrait of each video, in order (CSIM)")
+  p.add_argument("--ground-truth", nargs="*", default=[],
+                 help="with --face-metrics: the real clip each video re-enacts, in order (M-LMD)")
+  p.add_argument("--emotion-labels", nargs="*", default=[],
+                 help="with --face-metrics: the emotion each video was asked for, in order")
 
   p = sub.add_parser("eval-latent", help="stage 1 quality: reconstruction and identity, "
                      "training vs unseen persons -> JSON, markdown, PNG grid")
@@ -261,7 +270,17 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     return generate_cli.run(args)
   if cmd == "eval":
     from vasa_jax.eval import report
+    if args.face_metrics:  # a missing network fails before the slow lip-sync report
+      from vasa_jax.facenets import store
+      for name in store.MODELS[:3]:
+        store.load(name, why="vasa-jax eval --face-metrics")
     report.run(args.videos, args.real, args.out, max_seconds=args.max_seconds)
+    if args.face_metrics:
+      from vasa_jax.eval import face_metrics
+      face_metrics.run(args.videos, args.real, args.out, portraits=args.portraits,
+                       ground_truth=args.ground_truth, emotion_labels=args.emotion_labels,
+                       max_seconds=args.max_seconds)
+      print(f"eval: wrote {args.out}/{face_metrics.MD_NAME}")
     return 0
   if cmd == "eval-latent":
     from vasa_jax.eval import latent_quality
