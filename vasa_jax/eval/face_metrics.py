@@ -24,21 +24,19 @@ import numpy as np
 
 from configs.common import FPS
 from vasa_jax.errors import VasaInputError
+from vasa_jax.facenets import nets as nets_lib
 
 JSON_NAME = "face_metrics.json"
 MD_NAME = "face_metrics.md"
 RESOLUTION = 256
 BATCH = 16
-# MediaPipe face mesh lip contours (outer + inner), 40 points.
-LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409,
-        78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415)
+LIPS = nets_lib.LIPS  # MediaPipe face mesh lip contours (outer + inner), 40 points
 # vasa-jax emotion names -> the emotion network's (FER) classes; contempt has no FER class.
 TO_FER = {"neutral": "neutral", "angry": "angry", "disgusted": "disgust", "fear": "fear",
           "happy": "happy", "sad": "sad", "surprised": "surprise"}
 
 
 def _load_nets():
-  from vasa_jax.facenets import nets as nets_lib
   return nets_lib.FaceNets.load(why="vasa-jax eval --face-metrics")
 
 
@@ -63,8 +61,6 @@ def analyse(nets, crops: np.ndarray) -> dict[str, np.ndarray]:
   import jax
   import jax.numpy as jnp
 
-  from vasa_jax.facenets import nets as nets_lib
-
   @jax.jit
   def run(x):
     x = x.astype(jnp.float32) / 127.5 - 1
@@ -84,7 +80,6 @@ def analyse(nets, crops: np.ndarray) -> dict[str, np.ndarray]:
 
 def csim(frames_emb: np.ndarray, portrait_emb: np.ndarray) -> np.ndarray:
   """(T,) CSIM of every frame's embedding to the portrait's (192,)."""
-  from vasa_jax.facenets import nets as nets_lib
   return np.asarray(nets_lib.identity_cosine(frames_emb, portrait_emb[None]))
 
 
@@ -103,7 +98,6 @@ def mouth_landmark_distance(mesh: np.ndarray, reference: np.ndarray) -> float:
 
 def emotion_accuracy(probs: np.ndarray, emotion: str) -> dict[str, float]:
   """Share of frames whose argmax is `emotion` (vasa-jax name) and its mean probability."""
-  from vasa_jax.facenets import nets as nets_lib
   if emotion not in TO_FER:
     raise VasaInputError(f"--emotion-labels: {emotion!r} has no class in the emotion network; "
                          f"use one of {sorted(TO_FER)}")

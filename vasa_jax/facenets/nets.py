@@ -37,6 +37,11 @@ WINDOWS = {"emotion": (1.1, -0.05), "facemesh": (1.5, 0.0)}
 # FER-2013 class order of the emotion network.
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 NUM_MESH = 468
+# MediaPipe face mesh lip contours (outer + inner, 40 points) and eye contours (2 x 16).
+LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409,
+        78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415)
+EYES = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246,
+        263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
 # Mean embedding of ~100 people's faces (identity_mean.py computes it; stored with the code, as
 # it belongs to the pinned network version).
 with open(os.path.join(os.path.dirname(__file__), "identity_mean.json")) as _f:

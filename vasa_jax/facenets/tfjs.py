@@ -324,12 +324,13 @@ def _pool(node: Node, x, kind: str):
   strides = (1,) + tuple(node.attr("strides"))[1:3] + (1,)
   padding = node.attr("padding")
   if kind == "max":
-    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, ksize, strides,
+    # Concrete numpy init values: JAX then knows the monoid and can differentiate the pool.
+    return jax.lax.reduce_window(x, np.array(-np.inf, x.dtype), jax.lax.max, ksize, strides,
                                  padding)
-  total = jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.add, ksize, strides, padding)
+  total = jax.lax.reduce_window(x, np.array(0, x.dtype), jax.lax.add, ksize, strides, padding)
   # TF averages over the window's in-image pixels only (SAME padding is not counted).
   ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
-  count = jax.lax.reduce_window(ones, jnp.array(0, x.dtype), jax.lax.add, ksize, strides, padding)
+  count = jax.lax.reduce_window(ones, np.array(0, x.dtype), jax.lax.add, ksize, strides, padding)
   return total / count
 
 
