@@ -61,6 +61,7 @@ def test_face_losses_zero_on_targets_and_differentiable(face_nets):
   assert fg.shape == (2, R, R, 1) and 0 <= float(fg.min()) <= float(fg.max()) <= 1
 
 
+@pytest.mark.slow  # ~2 min compile on a 2-core CPU; the losses alone are tested above
 def test_latent_task_step_with_face_losses(face_nets):
   from vasa_jax.train.latent_task import IMAGE_KEYS, LatentTask
   cfg = latent.get_config("tiny")
