@@ -14,7 +14,6 @@ from PIL import Image
 
 from vasa_jax import cli
 from vasa_jax.data import media
-from vasa_jax.errors import VasaInputError
 
 gradio = pytest.importorskip("gradio")
 websockets = pytest.importorskip("websockets")
@@ -63,16 +62,10 @@ def _job_args(portrait, audio, **over):
 
 
 def test_paste_back_kwargs_name_the_pipeline_arguments(pipe):
-  assert not app.paste_back_kwargs(pipe, False)
-
-  class WithPasteBack:
-    def generate(self, image, audio, *, paste_back=False, max_size=1024):
-      pass
-
-  assert app.paste_back_kwargs(WithPasteBack(), True) == {"paste_back": True, "max_size": 1024}
-  if "paste_back" not in inspect.signature(pipe.generate).parameters:
-    with pytest.raises(VasaInputError, match="untick"):
-      app.paste_back_kwargs(pipe, True)
+  names = set(inspect.signature(pipe.generate).parameters)
+  for on in (False, True):
+    kw = app.paste_back_kwargs(on)
+    assert set(kw) <= names and kw["paste_back"] is on and kw["max_size"] == app.MAX_SIZE
 
 
 def test_job_writes_one_video_per_job_and_reports_bad_input(pipe, wav, tmp_path):
@@ -87,6 +80,10 @@ def test_job_writes_one_video_per_job_and_reports_bad_input(pipe, wav, tmp_path)
   video = media.read_video(path1, fps=None)
   assert video.frames.shape == (25, pipe.resolution, pipe.resolution, 3)
   assert f"25 frames (1.00 s) at {pipe.resolution}x{pipe.resolution}" in status1
+  # Ticked (the page's default): the whole 512 x 512 photo with the face pasted back.
+  path3, status3 = job(*_job_args(data.astronaut(), str(speech), paste_back=True),
+                       progress=lambda *a, **k: None)
+  assert media.read_video(path3, fps=None).frames.shape == (25, 512, 512, 3), status3
 
   empty = tmp_path / "empty.wav"
   sf.write(empty, np.zeros((0,), np.float32), 16000)

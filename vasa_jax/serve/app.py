@@ -8,7 +8,6 @@ results never mix. Bad input comes back as a message in the page (`status`), nev
 from __future__ import annotations
 
 import html
-import inspect
 import logging
 import os
 import pathlib
@@ -29,16 +28,11 @@ QUEUE_ID = "generate"  # every generating event shares this one queue
 KEEP_VIDEOS_S = 3600.0  # job outputs older than this are deleted when a new job starts
 
 
-def paste_back_kwargs(pipe, paste_back: bool, max_size: int = MAX_SIZE) -> dict:
+def paste_back_kwargs(paste_back: bool, max_size: int = MAX_SIZE) -> dict:
   """`Pipeline.generate` keyword arguments for the paste-back checkbox (the one place that names
-  them). Off: none, so the face crop is returned. On: the face pasted back into the portrait
-  at most `max_size` pixels on its longest side."""
-  if not paste_back:
-    return {}
-  if "paste_back" not in inspect.signature(pipe.generate).parameters:
-    raise VasaInputError("Paste-back is not available in this version of vasa-jax: untick "
-                         "'paste back' to get the face crop.")
-  return {"paste_back": True, "max_size": int(max_size)}
+  them). On: the face pasted back into the portrait, at most `max_size` pixels on its longest
+  side. Off: the R x R face crop."""
+  return {"paste_back": bool(paste_back), "max_size": int(max_size)}
 
 
 def _controls(gaze_theta, gaze_phi, distance, emotion, steps, cfg_audio, cfg_gaze,
@@ -100,7 +94,7 @@ def make_job(pipe, out_dir, *, max_seconds: float = 60.0):
         raise VasaInputError("No speech: upload an audio file or record one.")
       kw = _controls(gaze_theta, gaze_phi, distance, emotion, steps, cfg_audio, cfg_gaze,
                      mouth_scale, seed)
-      kw.update(paste_back_kwargs(pipe, paste_back))
+      kw.update(paste_back_kwargs(paste_back))
       progress(0.0, desc="reading the speech")
       wav = media.read_audio(audio, sr=SAMPLE_RATE)
       if wav.size == 0:
@@ -156,7 +150,7 @@ def build_app(pipe, *, out_dir=None, max_seconds: float = 60.0):
             cfg_gaze = gr.Slider(0.0, 4.0, pipe.cfg_gaze, step=0.1, label="gaze guidance")
           mouth = gr.Slider(0.0, 8.0, pipe.mouth_scale, step=0.25, label="mouth scale")
           seed = gr.Number(0, precision=0, label="seed")
-          paste_back = gr.Checkbox(False, label="paste back into the portrait")
+          paste_back = gr.Checkbox(True, label="paste back into the portrait")
         button = gr.Button("Generate", variant="primary", elem_id="generate")
       with gr.Column():
         video = gr.Video(label="video", format="mp4", height=420, buttons=["download"],

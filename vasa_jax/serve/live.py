@@ -19,8 +19,9 @@ import threading
 
 import numpy as np
 
-from vasa_jax.constants import FPS, SAMPLE_RATE
+from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from vasa_jax.errors import VasaInputError
+from vasa_jax.inference import paste_back
 from vasa_jax.serve import protocol
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class LiveServer:
     client's latency is the model's, not the compiler's."""
     from vasa_jax.inference.generate_cli import default_portrait  # pylint: disable=import-outside-toplevel
     portrait = self.pipe.prepare_portrait(default_portrait())
-    silence = np.zeros(((2 * self.pipe.window + 1) * 640,), np.float32)
+    silence = np.zeros(((2 * self.pipe.window + 1) * SAMPLES_PER_FRAME,), np.float32)
     for _ in self.pipe.stream(portrait, [silence], first_window=first_window, steps=steps):
       pass
 
@@ -144,11 +145,17 @@ class LiveServer:
       raise VasaInputError(f"first_window {fw}: use 1..{self.pipe.window} (this checkpoint's "
                            "window W).")
     self.pipe.controls(start.get("gaze"), start.get("distance"), start.get("emotion"))  # checks
+    start["paste_back"] = bool(start.get("paste_back", True))
+    start["max_size"] = start.get("max_size", paste_back.DEFAULT_MAX_SIZE)
+    if not (isinstance(start["max_size"], int) and 16 <= start["max_size"] <= 4096):
+      raise VasaInputError(f"max_size {start['max_size']!r}: give a whole number of pixels in "
+                           "16..4096 (the long side of a pasted-back frame).")
     image = await asyncio.wait_for(ws.recv(), self.idle_timeout_s)
     if not isinstance(image, bytes):
       raise VasaInputError("The second message must be the portrait image file (binary).")
     portrait = await asyncio.to_thread(self._prepare, image)
-    h, w = portrait.crop.shape[:2]
+    h, w = (paste_back.output_size(*portrait.photo.shape[:2], start["max_size"])
+            if start["paste_back"] else portrait.crop.shape[:2])
     await ws.send(json.dumps({
         "type": "ready", "fps": FPS, "sample_rate": SAMPLE_RATE, "width": w, "height": h,
         "buffering_s": self.pipe.stream_buffering_s(fw)}))
@@ -206,7 +213,8 @@ class LiveServer:
     n = 0
     try:
       kw = {k: start[k] for k in ("gaze", "distance", "emotion", "cfg_audio", "cfg_gaze",
-                                  "steps", "mouth_scale", "seed", "first_window")
+                                  "steps", "mouth_scale", "seed", "first_window",
+                                  "paste_back", "max_size")
             if start.get(k) is not None}
       for frame in self.pipe.stream(portrait, chunks(), **kw):
         if cancel.is_set():

@@ -4,7 +4,9 @@ A session over one websocket:
 
 1. client -> server, text: a JSON `start` message with the controls, e.g.
    `{"type": "start", "format": "jpeg", "pcm": "s16le", "gaze": [0, 0], "emotion": "happy",
-   "seed": 0, "first_window": 5}` (every key but `type` optional).
+   "seed": 0, "first_window": 5, "paste_back": true, "max_size": 1024}` (every key but `type`
+   optional; frames are the photo with the face pasted back, long side at most `max_size`, unless
+   `paste_back` is false: then the R x R face crop).
 2. client -> server, binary: the portrait file (any image format PIL reads).
 3. server -> client, text: `{"type": "ready", "fps": 25, "sample_rate": 16000, "width": W,
    "height": H, "buffering_s": ...}` once the portrait is encoded, or `{"type": "error",
