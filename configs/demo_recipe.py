@@ -34,6 +34,9 @@ _LEGS = {
 _GPU = {"data.val_persons": [], "model.app_size": 32, "train.batch_size": 32, "optim.lr": 3e-4,
         "data.worker_count": 12, "train.sample_every": 0, "train.ckpt_every": 500,
         "train.log_every": 25}
+# The bundled stage 1 was trained before the pretrained face-network losses existed.
+_NO_FACE_NETS = {"loss.face_id": 0.0, "loss.face_perceptual": 0.0, "loss.face_landmark": 0.0,
+                 "loss.foreground_mask": False}
 VARIANTS = tuple([f"latent_{where}_{leg}" for where in _LEGS for leg in _LEGS[where]]
                  + ["motion", "motion_dev", "motion_cpu"])
 
@@ -55,7 +58,8 @@ def get_config(arg=None):
   if arg.startswith("latent_"):
     _, where, leg = arg.split("_")
     config = latent.get_config("demo")
-    return _set(config, {**(_GPU if where == "gpu" else {}), **_LEGS[where][int(leg)]})
+    return _set(config, {**_NO_FACE_NETS, **(_GPU if where == "gpu" else {}),
+                         **_LEGS[where][int(leg)]})
   config = motion.get_config("demo")
   if arg == "motion_dev":
     config.data.val_persons = list(common.DEMO_VAL_PERSONS + common.DEMO_DEV_PERSONS)

@@ -103,10 +103,9 @@ def get_config(arg=None):
   # Pretrained face networks (`vasa-jax fetch-face-nets`; training fails at once without them):
   # MobileFaceNet identity (VASA-1's cross-identity + self-reconstruction), its stage features
   # (MegaPortraits' L_face role), face-mesh landmarks weighted to lips and eyes, and selfie
-  # segmentation masks so reconstruction losses ignore the background. On for the paper-size
-  # variants; off in tiny and demo, whose recipe (configs/demo_recipe.py) is the bundled
-  # checkpoint's, trained before these losses existed (turn on with the four fields below).
-  face = variant in ("base", "large")
+  # segmentation masks so reconstruction losses ignore the background. Off in tiny (tests), and
+  # in configs/demo_recipe.py's legs of the bundled checkpoint, trained before they existed.
+  face = variant != "tiny"
   config.loss.face_id = 1.0 if face else 0.0
   config.loss.face_perceptual = 1.0 if face else 0.0
   config.loss.face_landmark = 10.0 if face else 0.0

@@ -1,6 +1,7 @@
 """The web app in a real browser: headless Chromium (Debian's `chromium` + `chromium-driver`,
 driven by selenium) uploads a portrait and a wav, clicks Generate and checks the video plays
-with the audio's duration and the model's frame size; bad input shows its message in the page.
+with the audio's duration and the photo's frame size (paste-back); bad input shows its message
+in the page.
 
 Uses the tiny random pipeline and one second of audio. Set VASA_BROWSER_SCREENSHOT=path.png to
 keep a screenshot of the page after the generation."""
@@ -103,7 +104,8 @@ def test_page_generates_a_video_that_plays(page, browser, inputs):
       "const v = arguments[0]; if (v.readyState < 1) return null;"
       "return {duration: v.duration, width: v.videoWidth, height: v.videoHeight};", video))
   assert abs(info["duration"] - SECONDS) <= 0.1, info
-  assert (info["width"], info["height"]) == (pipe.resolution, pipe.resolution), info
+  # Paste-back is ticked by default: the whole 512 x 512 photo, not the R x R crop.
+  assert (info["width"], info["height"]) == (512, 512), info
   # It plays: time moves forward after play().
   played = wait.until(lambda d: d.execute_script(
       "const v = arguments[0]; if (v.paused) { v.muted = true; v.play(); }"
