@@ -144,3 +144,26 @@ def test_label_emotions_on_shards_then_motion_data(tmp_path, capsys):
   np.testing.assert_array_equal(got[emotion_labels.KEY],
                                 records.ClipIndex.load(shards).read(1)[emotion_labels.KEY])
   assert "frames_jpeg" not in got and got["z_dyn"].shape == (T, 2)
+
+
+def test_emotion_control_summary_and_report(tmp_path):
+  from vasa_jax.eval import emotion_control
+  probs = {"a": {"neutral": _probs(5, "neutral"), "happy": _probs(5, "happy"),
+                 "sad": _probs(5, "neutral")},
+           "b": {"neutral": _probs(5, "neutral"), "happy": _probs(5, "happy", 0.4),
+                 "sad": _probs(5, "happy", 0.9)}}
+  s = emotion_control.summarize(probs, ["happy", "sad"])
+  assert s["happy"]["raised"] == 2 and s["happy"]["p_asked"] == pytest.approx((0.7 + 0.4) / 2)
+  assert s["happy"]["p_baseline"] == pytest.approx(0.3 / 6)
+  assert s["happy"]["acc_asked"] == 1.0 and s["happy"]["acc_baseline"] == 0.0
+  assert s["sad"]["raised"] == 0 and s["sad"]["delta"] < 0  # 0.1 / 6 < 0.3 / 6 on b
+  md = emotion_control.render_markdown({
+      "settings": {"checkpoint": "x", "portraits": ["a", "b"], "audio": "s.wav", "seconds": 3,
+                   "seed": 0, "baseline": "neutral"},
+      "emotions": s, "raised_emotions": ["happy"]})
+  assert "| happy | 0.5500 | 0.0500 | +0.5000 | 2/2 |" in md
+  grid = emotion_control.grid_image([("a", [np.zeros((8, 8, 3), np.uint8)] * 2)],
+                                    ["neutral", "happy"])
+  assert grid.shape[1] == 24 + 16 and grid.shape[0] == 14 + 8
+  with pytest.raises(VasaInputError, match="contempt"):
+    emotion_control.run(["p.png"], "s.wav", tmp_path, emotions=["contempt"])

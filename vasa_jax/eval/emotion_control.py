@@ -100,7 +100,7 @@ def grid_image(rows: list[tuple[str, list[np.ndarray]]], columns: Sequence[str])
   lw = max(24, r // 2)
   strips = [np.concatenate([_text(lw, 14, "")] + [_text(r, 14, c) for c in columns], axis=1)]
   for name, frames in rows:
-    strips.append(np.concatenate([_text(lw, r, name[:12])] + list(frames), axis=1))
+    strips.append(np.concatenate([_text(lw, r, name[-12:])] + list(frames), axis=1))
   return np.concatenate(strips, axis=0)
 
 
