@@ -31,23 +31,6 @@ BASELINE = "neutral"
 DEFAULT_EMOTIONS = ("happy", "sad", "angry", "surprised", "disgusted", "fear")
 
 
-def frame_probs(nets, crops: np.ndarray, batch: int = 32) -> np.ndarray:
-  """(T, 7) emotion-network probabilities of (T, R, R, 3) uint8 head crops."""
-  import jax
-  import jax.numpy as jnp
-
-  from vasa_jax.facenets import nets as nets_lib
-
-  run = jax.jit(lambda x: nets_lib.emotion_probs(nets, x.astype(jnp.float32) / 127.5 - 1))
-  out = []
-  for i in range(0, len(crops), batch):
-    chunk = crops[i:i + batch]
-    pad = batch - len(chunk)  # one compiled shape
-    out.append(np.asarray(run(np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])))
-               [:len(chunk)])
-  return np.concatenate(out)
-
-
 def summarize(probs: dict[str, dict[str, np.ndarray]], emotions: Sequence[str],
               baseline: str = BASELINE) -> dict:
   """Per-emotion figures from {portrait: {asked emotion: (T, 7) probs}}.
@@ -126,9 +109,8 @@ def run(portraits: Sequence[str], audio: str, out_dir: str | os.PathLike, *,
   from tqdm import tqdm
 
   from vasa_jax.constants import SAMPLE_RATE
-  from vasa_jax.data import media
+  from vasa_jax.data import emotion_labels, media
   from vasa_jax.eval.face_metrics import TO_FER
-  from vasa_jax.facenets import nets as nets_lib
   from vasa_jax.inference.pipeline import load_pipeline
 
   bad = [e for e in list(emotions) + [baseline] if e not in TO_FER]
@@ -137,7 +119,7 @@ def run(portraits: Sequence[str], audio: str, out_dir: str | os.PathLike, *,
                          f"some of {sorted(TO_FER)}.")
   if not portraits:
     raise VasaInputError("--portraits: give at least one portrait image.")
-  nets = nets_lib.FaceNets.load(["emotion"], why="vasa-jax eval-emotion")
+  nets = emotion_labels.load_nets()  # before any generation: a missing network fails at once
   pipe = load_pipeline(checkpoint)
   wav = media.read_audio(audio)[:int(seconds * SAMPLE_RATE)]
   asked = [baseline] + [e for e in emotions if e != baseline]
@@ -151,7 +133,7 @@ def run(portraits: Sequence[str], audio: str, out_dir: str | os.PathLike, *,
     probs[name], frames = {}, []
     for emo in asked:
       res = pipe.generate(portrait, wav, emotion=emo, seed=seed, steps=steps, paste_back=False)
-      probs[name][emo] = frame_probs(nets, res.frames)
+      probs[name][emo] = emotion_labels.clip_probs(nets, res.frames)
       frames.append(res.frames[len(res.frames) // 2])
       bar.update(1)
     grid.append((name, frames))
