@@ -14,6 +14,12 @@ Variants:
   motion_dev       the same with 8 more training people held out (DEMO_DEV_PERSONS): the run the
                    mouth scale is calibrated on.
   motion_cpu       the first bundled stage 2: batch 16 without audio look-ahead.
+  motion_fer       the bundled stage 2 with the emotion control trained on every clip: the
+                   emotion network's labels (`vasa-jax label-emotions`) where the file name
+                   names no emotion (the bundled motion* runs predate them: file names only).
+  motion_fer_tune  a CPU-sized form of it: the bundled stage 2 fine-tuned for 300 steps on those
+                   labels (`--config.train.init_from=vasa_jax/assets/demo/motion`, motion data
+                   extracted with the bundled stage 1 and normalised by its motion_stats).
 """
 from configs import common
 from configs import latent
@@ -38,7 +44,11 @@ _GPU = {"data.val_persons": [], "model.app_size": 32, "train.batch_size": 32, "o
 _NO_FACE_NETS = {"loss.face_id": 0.0, "loss.face_perceptual": 0.0, "loss.face_landmark": 0.0,
                  "loss.foreground_mask": False}
 VARIANTS = tuple([f"latent_{where}_{leg}" for where in _LEGS for leg in _LEGS[where]]
-                 + ["motion", "motion_dev", "motion_cpu"])
+                 + ["motion", "motion_dev", "motion_cpu", "motion_fer", "motion_fer_tune"])
+# Fine-tuning the bundled stage 2: a short schedule, and an EMA short enough to move off the
+# starting point within it (0.999 would keep ~74% of the start after 300 steps).
+_TUNE = {"train.num_steps": 300, "optim.lr": 1e-4, "optim.warmup_steps": 30,
+         "optim.ema_decay": 0.99, "train.ckpt_every": 100}
 
 
 def _set(config, changes: dict):
@@ -61,8 +71,12 @@ def get_config(arg=None):
     return _set(config, {**_NO_FACE_NETS, **(_GPU if where == "gpu" else {}),
                          **_LEGS[where][int(leg)]})
   config = motion.get_config("demo")
+  # The bundled stage 2 runs learnt the emotion control from file names only.
+  config.data.network_emotions = arg.startswith("motion_fer")
   if arg == "motion_dev":
     config.data.val_persons = list(common.DEMO_VAL_PERSONS + common.DEMO_DEV_PERSONS)
   elif arg == "motion_cpu":
     _set(config, {"train.batch_size": 16, "model.audio_lookahead": 0})
+  elif arg == "motion_fer_tune":
+    _set(config, _TUNE)
   return config

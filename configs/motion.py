@@ -59,6 +59,10 @@ def get_config(arg=None):
   config.data.audio_gain = 1.5  # +-1.5 nats of power, about +-6.5 dB
   config.data.audio_tilt = 1.0  # +-1 nat from the lowest to the highest mel band
   config.data.audio_freq_mask = 10  # mel bands
+  # The emotion control of clips whose file name names no emotion: the emotion network's
+  # per-frame probabilities stored by preprocess (`vasa_jax/data/emotion_labels.py`), averaged
+  # over the window. File-name labels (MEAD, CREMA-D) still win where they exist.
+  config.data.network_emotions = True
 
   config.model = ml_collections.ConfigDict()
   config.model.z_pose_dim = latent_model.z_pose_dim

@@ -39,9 +39,15 @@ _DEV = ('data.val_persons=["bob_menendez","aoc","bill_skarsgard","cremad_1001",'
      _NO_FACE + ["train.num_steps=1200", "loss.dyn_swap=0", "loss.mouth_l1=0"]),
     ("latent_cpu_2", "latent.py:demo", _NO_FACE + ["train.num_steps=2100", "loss.mouth_l1=0"]),
     ("latent_cpu_3", "latent.py:demo", _NO_FACE + ["train.num_steps=3000", "optim.lr=6e-4"]),
-    ("motion", "motion.py:demo", []),
-    ("motion_dev", "motion.py:demo", [_DEV]),
-    ("motion_cpu", "motion.py:demo", ["train.batch_size=16", "model.audio_lookahead=0"]),
+    # The bundled stage 2 learnt the emotion control from file names only (issue 19).
+    ("motion", "motion.py:demo", ["data.network_emotions=False"]),
+    ("motion_dev", "motion.py:demo", [_DEV, "data.network_emotions=False"]),
+    ("motion_cpu", "motion.py:demo", ["train.batch_size=16", "model.audio_lookahead=0",
+                                      "data.network_emotions=False"]),
+    ("motion_fer", "motion.py:demo", []),
+    ("motion_fer_tune", "motion.py:demo",
+     ["train.num_steps=300", "optim.lr=1e-4", "optim.warmup_steps=30", "optim.ema_decay=0.99",
+      "train.ckpt_every=100"]),
 ])
 def test_demo_recipe_variants_equal_the_shell_overrides_they_replace(variant, base, overrides):
   named = load_config(f"configs/demo_recipe.py:{variant}")

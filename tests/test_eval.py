@@ -217,7 +217,10 @@ def test_report_on_real_clip(shared_data, tmp_path):
   # Viewer figures, against the clip's own first frame (no --portrait): the same face.
   assert row["face_px"] > 40 and 0.5 < row["sharpness_rel"] < 2.0
   if row["viewer"]["identity_error"] is None:
-    assert row["identity_sim"] > 0.9
+    # dlib descriptors of one person sit near 1; MobileFaceNet's CSIM (common part removed) of
+    # this real clip's frames to its first is 0.79 (real held-out clips average 0.85).
+    floor = {"dlib": 0.9, "mobilefacenet": 0.6}[row["viewer"]["identity_backend"]]
+    assert row["identity_sim"] > floor
   assert "face (px)" in md and "identity vs photo" in md
   names = {p.name for p in (out / "plots").iterdir()}
   assert len(names) == 2 and all(n.endswith(".png") for n in names)

@@ -31,7 +31,8 @@ def _mean_colour_embedding(frames):  # a fake identity network: the crop's mean 
 
 @pytest.fixture
 def fake_identity(monkeypatch):
-  monkeypatch.setitem(viewer.EMBEDDERS, "dlib", _mean_colour_embedding)
+  for name in viewer.EMBEDDERS:  # whichever `default_backend` picks here
+    monkeypatch.setitem(viewer.EMBEDDERS, name, _mean_colour_embedding)
 
 
 def test_laplacian_variance_falls_with_blur_and_ignores_box_size():
@@ -78,7 +79,8 @@ def test_short_clips_have_no_first_vs_last(fake_identity):
 def test_missing_identity_backend_gives_nan_and_says_how_to_install(monkeypatch):
   def unavailable(frames):
     raise viewer.IdentityUnavailable("pip install 'vasa-jax[identity]'")
-  monkeypatch.setitem(viewer.EMBEDDERS, "dlib", unavailable)
+  for name in viewer.EMBEDDERS:
+    monkeypatch.setitem(viewer.EMBEDDERS, name, unavailable)
   portrait = _texture()
   v = viewer.viewer_scores(portrait[None], np.zeros(1), 0.04, portrait, _FixedBox([0, 0, 64, 64]))
   assert np.isnan(v["identity_sim"]) and "vasa-jax[identity]" in v["identity_error"]
@@ -101,6 +103,45 @@ def test_dlib_descriptor_tells_people_apart(shared_data):
   ims = [media.read_image(shared_data / "portraits" / f) for f in
          ("face_recognition__examples_biden.jpg", "face_recognition__examples_obama.jpg")]
   frames = np.stack([ims[0], np.fliplr(ims[0])])  # the photo and its mirror: one person
-  same = viewer.frame_figures(frames, ims[0], analyzer)["identity_sim"]
-  other = viewer.frame_figures(ims[1][None], ims[0], analyzer)["identity_sim"]
+  same = viewer.frame_figures(frames, ims[0], analyzer, backend="dlib")["identity_sim"]
+  other = viewer.frame_figures(ims[1][None], ims[0], analyzer, backend="dlib")["identity_sim"]
   assert same.min() > 0.95 and other[0] < same.min() - 0.03, (same, other)
+
+
+def test_default_backend_follows_the_fetched_networks(tmp_path, monkeypatch):
+  from vasa_jax.facenets import store
+  monkeypatch.setenv(store.ENV_VAR, str(tmp_path / "empty"))
+  assert viewer.default_backend() == "dlib"
+  v = viewer.viewer_scores(_texture()[None], np.zeros(1), 0.04, _texture(),
+                           _FixedBox([0, 0, 64, 64]), backend="mobilefacenet")
+  assert np.isnan(v["identity_sim"]) and "fetch-face-nets" in v["identity_error"]
+  assert v["identity_backend"] == "mobilefacenet"
+
+
+def test_head_crop_matches_the_training_crop(shared_data):
+  from vasa_jax.data import face_crop, media
+  img = media.read_image(shared_data / "portraits" / "face_recognition__examples_biden.jpg")
+  analyzer = face_crop.FaceAnalyzer()
+  want = face_crop.crop_image(img, viewer.HEAD_SIDE, analyzer=analyzer).image
+  got = viewer._head_crop(img, viewer.face_box(img, analyzer))  # pylint: disable=protected-access
+  assert got.shape == want.shape
+  assert np.abs(got.astype(float) - want).mean() < 12  # the same square, resampled differently
+
+
+def test_mobilefacenet_tells_people_apart(shared_data):
+  from vasa_jax.facenets import store
+  if not store.available(("mobilefacenet", "facemesh")):
+    pytest.skip("face networks not fetched: run `vasa-jax fetch-face-nets`")
+  from vasa_jax.data import media
+  from vasa_jax.data.face_crop import FaceAnalyzer
+  assert viewer.default_backend() == "mobilefacenet"
+  analyzer = FaceAnalyzer()
+  ims = [media.read_image(shared_data / "portraits" / f) for f in
+         ("face_recognition__examples_biden.jpg", "face_recognition__examples_obama.jpg")]
+  frames = np.stack([ims[0], np.fliplr(ims[0])])
+  res = viewer.frame_figures(frames, ims[0], analyzer)
+  same = res["identity_sim"]
+  other = viewer.frame_figures(ims[1][None], ims[0], analyzer)["identity_sim"]
+  assert res["identity_backend"] == "mobilefacenet" and res["identity_error"] is None
+  assert same[0] == pytest.approx(1.0, abs=1e-4)
+  assert same[1] > 0.5 and other[0] < same[1] - 0.2, (same, other)

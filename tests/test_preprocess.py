@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vasa_jax.config_utils import load_config
-from vasa_jax.data import pipelines, preprocess, records
+from vasa_jax.data import emotion_labels, pipelines, preprocess, records
 from vasa_jax.errors import VasaInputError
 
 # Two short 224x224 clips of different people (fast to decode); 2 s of each is kept.
@@ -94,6 +94,22 @@ def test_preprocess_writes_records_and_reports_skips(prepared):
     assert rec["face_scale"].shape == (t,) and rec["mouth_open"].shape == (t,)
     assert isinstance(rec["has_speech"], bool)
     assert np.abs(rec["audio"]).max() > 0.01  # real speech kept
+    if emotion_labels.available():  # per-frame emotion-network probabilities (issue 19)
+      probs = rec[emotion_labels.KEY]
+      assert probs.shape == (t, 7) and probs.dtype == np.float16
+      np.testing.assert_allclose(probs.astype(np.float32).sum(-1), 1.0, atol=5e-3)
+    else:
+      assert emotion_labels.KEY not in rec
+
+
+def test_asked_emotion_labels_fail_at_once_without_the_network(shared_data, tmp_path,
+                                                               monkeypatch):
+  from vasa_jax.facenets import store
+  monkeypatch.setenv(store.ENV_VAR, str(tmp_path / "empty"))
+  with pytest.raises(store.FaceNetsMissing, match="fetch-face-nets"):
+    preprocess.preprocess(str(shared_data / "clips" / CLIP_A), tmp_path / "out", resolution=R,
+                          progress=False, label_emotions=True)
+  assert not list((tmp_path / "out" / "shards").iterdir())  # nothing written
 
 
 def test_resume_skips_finished_clips(prepared):
@@ -190,8 +206,15 @@ def test_motion_dataset_on_fake_motion_records(prepared):
       "has_prev": ((b,), np.dtype(bool)), "gaze": ((b, 2), f32), "distance": ((b, 1), f32),
       "emotion": ((b, 8), f32), "emotion_mask": ((b,), np.dtype(bool))}
   assert np.all(np.isfinite(batch["motion"])) and np.all(np.isfinite(batch["distance"]))
-  # No emotion in these clip names; zero context exactly where there is no previous window.
-  assert not batch["emotion_mask"].any() and not batch["emotion"].any()
+  # No emotion in these clip names: the emotion network's labels where preprocess stored them
+  # (a distribution over 7 of the 8 emotions), else none.
+  if emotion_labels.available():
+    assert batch["emotion_mask"].all()
+    np.testing.assert_allclose(batch["emotion"].sum(-1), 1.0, atol=5e-3)
+    assert not batch["emotion"][:, pipelines.EMOTIONS.index("contempt")].any()
+  else:
+    assert not batch["emotion_mask"].any() and not batch["emotion"].any()
+  # Zero context exactly where there is no previous window.
   assert not batch["motion_prev"][~batch["has_prev"]].any()
   synthetic = next(iter(pipelines.make_synthetic_motion_dataset(config)))
   assert _spec(synthetic) == _spec(batch)

@@ -97,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--runner", help="run on Apache Beam with this runner (DirectRunner, "
                  "DataflowRunner, FlinkRunner, SparkRunner, ...); other --options after it "
                  "are Beam pipeline options (e.g. --direct_num_workers=4, --project=...)")
+  p.add_argument("--no-emotion-labels", action="store_true",
+                 help="skip the per-frame emotion probabilities (default: stored when "
+                 "`vasa-jax fetch-face-nets` has been run)")
+
+  p = sub.add_parser("label-emotions", help="add per-frame emotion-network probabilities to "
+                     "existing preprocess shards or motion data (in place, resumable)")
+  p.add_argument("--data", required=True, help="output directory of preprocess, extract-motion "
+                 "or slim-motion")
+  p.add_argument("--source", help="for motion data: the preprocess output it was extracted from "
+                 "(labels are copied, or computed from its frames)")
+  p.add_argument("--overwrite", action="store_true", help="relabel records that have labels")
 
   for name, help_text in (("train", "train stage 1 or stage 2 (the config decides)"),):
     p = sub.add_parser(name, help=help_text)
@@ -172,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-clips", type=int, default=24, help="clips per split (default: 24)")
   p.add_argument("--frames-per-clip", type=int, default=8, help="source/driver pairs per clip")
   p.add_argument("--batch", type=int, default=8, help="pairs per model call")
+  p.add_argument("--seed", type=int, default=0)
+
+  p = sub.add_parser("eval-emotion", help="does --emotion E make the emotion network see E? "
+                     "baseline vs each emotion on portraits -> JSON, markdown, PNG grid")
+  p.add_argument("--portraits", nargs="+", required=True, help="portrait images (unseen people)")
+  p.add_argument("--audio", required=True, help="speech file (cut to --seconds)")
+  p.add_argument("--out", required=True, help="report directory")
+  p.add_argument("--checkpoint", help="pipeline directory; default: the bundled demo checkpoint")
+  p.add_argument("--emotions", default="happy,sad,angry,surprised,disgusted,fear",
+                 help="comma-separated emotions compared with --baseline (default: %(default)s)")
+  p.add_argument("--baseline", default="neutral")
+  p.add_argument("--seconds", type=float, default=4.0)
+  p.add_argument("--steps", type=int, default=None, help="sampling steps (default from checkpoint)")
   p.add_argument("--seed", type=int, default=0)
 
   p = sub.add_parser("eval-motion", help="stage 2 lip sync of generated motion vs real motion "
@@ -341,9 +365,16 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
       return 0 if summary.get("total_clips", 0) else 1
     summary = preprocess.preprocess(args.input, args.out, persons_csv=args.persons,
                                     resolution=args.resolution, shard_index=args.shard_index,
-                                    num_shards=args.num_shards)
+                                    num_shards=args.num_shards,
+                                    label_emotions=False if args.no_emotion_labels else None)
     # Exit 1 when nothing usable exists at all (every input skipped), so scripts notice.
     return 0 if summary.get("total_clips", 0) else 1
+  if cmd == "label-emotions":
+    from vasa_jax.data import emotion_labels
+    done = emotion_labels.label_data(args.data, source=args.source, overwrite=args.overwrite)
+    print(f"label-emotions: {done['labelled']} records labelled ({done['already']} already "
+          f"were), {done['shards']} shards rewritten in {args.data}")
+    return 0
   if cmd == "train":
     from vasa_jax import config_utils
     from vasa_jax.train import loop
@@ -404,6 +435,14 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
                        ground_truth=args.ground_truth, emotion_labels=args.emotion_labels,
                        max_seconds=args.max_seconds)
       print(f"eval: wrote {args.out}/{face_metrics.MD_NAME}")
+    return 0
+  if cmd == "eval-emotion":
+    from vasa_jax.eval import emotion_control
+    emotion_control.run(args.portraits, args.audio, args.out, checkpoint=args.checkpoint,
+                        emotions=[e.strip() for e in args.emotions.split(",") if e.strip()],
+                        baseline=args.baseline, seconds=args.seconds, seed=args.seed,
+                        steps=args.steps)
+    print(f"eval-emotion: wrote {args.out}/{emotion_control.MD_NAME}")
     return 0
   if cmd == "eval-latent":
     from vasa_jax.eval import latent_quality

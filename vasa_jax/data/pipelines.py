@@ -47,7 +47,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from vasa_jax.data import face_labels, records
+from vasa_jax.data import emotion_labels, face_labels, records
 from vasa_jax.data.audio_features import LOG_EPS
 from vasa_jax.errors import VasaInputError
 from vasa_jax.models import layers, motion_labels
@@ -533,6 +533,9 @@ class _MotionElement:
   emotion_dim: int
   # (gain, tilt, freq_mask) of `augment_log_mel`, or None: features as recorded.
   audio_augment: tuple[float, float, int] | None = None
+  # Clips without a file-name emotion take the window's mean emotion-network probabilities
+  # (`emotion_labels.control_vector`) where their record has them.
+  network_emotions: bool = False
 
   def __call__(self, index, rng: np.random.Generator) -> dict:
     k, start = (int(x) for x in self.windows[int(index)])
@@ -561,8 +564,13 @@ class _MotionElement:
                                 self.scale_std)
     emotion = np.zeros((self.emotion_dim,), np.float32)
     label = emotion_from_name(str(rec.get("clip", "")))
-    if label is not None and label < self.emotion_dim:
+    has_emotion = label is not None and label < self.emotion_dim
+    if has_emotion:
       emotion[label] = 1.0
+    elif self.network_emotions and emotion_labels.KEY in rec:
+      emotion = emotion_labels.control_vector(rec[emotion_labels.KEY][start:start + w],
+                                              EMOTIONS[:self.emotion_dim])
+      has_emotion = True
     return {
         "motion": motion[start:start + w],  # (W, Dm)
         "motion_prev": motion_prev,  # (K, Dm)
@@ -573,7 +581,7 @@ class _MotionElement:
                  else main_gaze(rec["gaze"])),  # (2,)
         "distance": np.asarray([distance], np.float32),  # (1,)
         "emotion": emotion,  # (E,)
-        "emotion_mask": np.asarray(label is not None and label < self.emotion_dim),
+        "emotion_mask": np.asarray(has_emotion),
     }
 
 
@@ -749,7 +757,8 @@ def _motion_parts(config, split: str, synthetic: bool | None):
     augment = (float(config.data.audio_gain), float(config.data.audio_tilt),
                int(config.data.audio_freq_mask))
   make = _MotionElement(clips, np.asarray(windows, np.int64), window, context, mean, std,
-                        scale_stats[0], scale_stats[1], int(config.model.emotion_dim), augment)
+                        scale_stats[0], scale_stats[1], int(config.model.emotion_dim), augment,
+                        bool(config.data.get("network_emotions", False)))
   return make, len(windows)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
-from vasa_jax.data import audio_features, face_crop, face_labels, media, records
+from vasa_jax.data import audio_features, emotion_labels, face_crop, face_labels, media, records
 from vasa_jax.errors import NoFaceError, VasaInputError
 
 VIDEO_EXTS = (".mp4", ".mov", ".mpg", ".avi", ".webm", ".flv", ".mkv")
@@ -205,7 +205,8 @@ def _read_clip_audio(path: pathlib.Path, audio_path: pathlib.Path | None) -> np.
 
 def process_clip(path: str | os.PathLike, *, person: str, resolution: int = 128,
                  analyzer=None, audio_path: str | os.PathLike | None = None,
-                 max_seconds: float = 60.0, max_side: int | None = None) -> dict:
+                 max_seconds: float = 60.0, max_side: int | None = None,
+                 emotion_nets=None) -> dict:
   """Turns one video into a clip record (the dict of docs/design.md, frames not yet JPEG).
 
   Args:
@@ -216,6 +217,8 @@ def process_clip(path: str | os.PathLike, *, person: str, resolution: int = 128,
     audio_path: separate audio used when the video has no audio stream.
     max_seconds: only the first max_seconds are kept (bounds memory on long clips).
     max_side: decode with the longer side downscaled to this (default max(720, 4 R)).
+    emotion_nets: the emotion network (`emotion_labels.load_nets`): adds `emotion_probs`
+      (T, 7) float16, its per-frame probabilities; None: no emotion labels.
 
   Returns:
     The record dict with `frames` (T, R, R, 3) uint8 plus the labels and audio features, and the
@@ -262,6 +265,9 @@ def process_clip(path: str | os.PathLike, *, person: str, resolution: int = 128,
       "speech_share": float(share),
       "speech_dips": float(dips),
   }
+  if emotion_nets is not None:
+    record[emotion_labels.KEY] = emotion_labels.clip_probs(
+        emotion_nets, record["frames"]).astype(np.float16)  # (T, 7)
   return record
 
 
@@ -339,14 +345,15 @@ def pending(tasks: Sequence[ClipTask], index: records.ClipIndex, retry_skipped: 
   return todo, already
 
 
-def run_clip(task: ClipTask, *, resolution: int, analyzer, max_seconds: float = 60.0
-             ) -> ClipResult:
+def run_clip(task: ClipTask, *, resolution: int, analyzer, max_seconds: float = 60.0,
+             emotion_nets=None) -> ClipResult:
   """Crops, labels and encodes one clip; any failure becomes a skip with its reason (one bad
   file must not stop a long run; the reason is kept for the user to inspect)."""
   path = task.path
   try:
     record = process_clip(path, person=task.person, resolution=resolution, analyzer=analyzer,
-                          audio_path=task.audio_path, max_seconds=max_seconds)
+                          audio_path=task.audio_path, max_seconds=max_seconds,
+                          emotion_nets=emotion_nets)
   except NoFaceError as e:
     reason = f"no face: {e}"
   except _Skip as e:
@@ -416,7 +423,7 @@ def summarize(index: records.ClipIndex, results: Sequence[ClipResult], already: 
 def preprocess(inputs, out_dir: str | os.PathLike, *, persons_csv: str | os.PathLike | None = None,
                resolution: int = 128, shard_index: int = 0, num_shards: int = 1,
                progress: bool = True, max_seconds: float = 60.0, retry_skipped: bool = False,
-               num_threads: int = 1) -> dict:
+               num_threads: int = 1, label_emotions: bool | None = None) -> dict:
   """Preprocesses videos into `out_dir/shards/*.array_record` + `out_dir/index.json`.
 
   The single-process path (and, with `shard_index`/`num_shards`, the home-made multi-host
@@ -435,6 +442,8 @@ def preprocess(inputs, out_dir: str | os.PathLike, *, persons_csv: str | os.Path
     max_seconds: cap on the clip length kept (bounds memory).
     retry_skipped: also retry files the index lists as skipped.
     num_threads: threads for the face models.
+    label_emotions: store per-frame emotion probabilities (`emotion_labels`); None: when the
+      emotion network is fetched (`vasa-jax fetch-face-nets`), else skipped with a note.
 
   Returns:
     Summary dict: `written` (clips added now), `already_done`, `skipped` (list of
@@ -447,6 +456,14 @@ def preprocess(inputs, out_dir: str | os.PathLike, *, persons_csv: str | os.Path
   todo, already = pending(tasks, index, retry_skipped)
 
   analyzer = face_crop.FaceAnalyzer(num_threads=num_threads) if todo else None
+  emotion_nets = None
+  if todo and label_emotions is None:
+    label_emotions = emotion_labels.available()
+    if not label_emotions and progress:
+      print("preprocess: no emotion labels (the emotion network is not fetched; run "
+            "`vasa-jax fetch-face-nets`, then `vasa-jax label-emotions` adds them)")
+  if todo and label_emotions:
+    emotion_nets = emotion_labels.load_nets()  # fails at once, naming the fetch command
   results: list[ClipResult] = []
   frames_now = n_skipped = 0
   start = time.time()
@@ -457,7 +474,8 @@ def preprocess(inputs, out_dir: str | os.PathLike, *, persons_csv: str | os.Path
   seen = set(index.clip_names)
   write = lambda shard, payload: records.write_shard(out_dir / shard, [payload])  # noqa: E731
   for task in todo:
-    result = run_clip(task, resolution=resolution, analyzer=analyzer, max_seconds=max_seconds)
+    result = run_clip(task, resolution=resolution, analyzer=analyzer, max_seconds=max_seconds,
+                      emotion_nets=emotion_nets)
     results.append(result)
     if add_result(index, result, shard_no, seen, write):
       shard_no += 1

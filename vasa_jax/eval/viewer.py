@@ -13,10 +13,14 @@ next to real footage measured the same way:
                   10 s, for clips longer than 30 s, with last/first ratios (drift: issue 18)
 
 Identity: `identity_embedding(frames) -> (N, D)` takes face crops and returns one embedding per
-crop. Until the offline face-recognition network of the face-priors issue exists, the stand-in is
-dlib's 128-d ResNet descriptor (`pip install 'vasa-jax[identity]'`: dlib-bin and
-face_recognition_models, offline). Another backend is one function added to `EMBEDDERS`. Without
-dlib the identity figures are NaN and the report says why (`identity_error`); nothing else stops.
+crop. The default (`default_backend`) is the MobileFaceNet face-recognition network of
+`vasa_jax.facenets` once `vasa-jax fetch-face-nets` has run: the cosine of its embeddings is the
+CSIM of `vasa-jax eval --face-metrics` (common component removed, `nets.identity_cosine`), on the
+same head crops. Without the networks, dlib's 128-d ResNet descriptor (`pip install
+'vasa-jax[identity]'`: dlib-bin and face_recognition_models, offline) stands in; either can be
+asked for by name. Another backend is one function added to `EMBEDDERS` (and, if it wants
+another framing, to `ID_CROPS`). Without any, the identity figures are NaN and the report says
+why (`identity_error`); nothing else stops. `identity_backend` names the one that measured.
 
 For a real clip there is no portrait: its first frame stands in, as the photo a user would take
 from that video.
@@ -75,15 +79,57 @@ def dlib_embedding(frames: np.ndarray) -> np.ndarray:
   return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-8)
 
 
-EMBEDDERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"dlib": dlib_embedding}
+_MFN = {}
+_MFN_BATCH = 16
+HEAD_SIDE = 256  # head crops for MobileFaceNet, as `face_metrics` measures CSIM
 
 
-def identity_embedding(frames: np.ndarray, backend: str = "dlib") -> np.ndarray:
+def mobilefacenet_embedding(frames: np.ndarray) -> np.ndarray:
+  """(N, S, S, 3) uint8 head crops (`face_crop.crop_image` framing, `_head_crop`) -> (N, 192)
+  MobileFaceNet embeddings with the common component removed, L2-normalised, so their cosine is
+  `nets.identity_cosine` (CSIM)."""
+  from vasa_jax.facenets import nets as nets_lib  # pylint: disable=import-outside-toplevel
+  from vasa_jax.facenets import store  # pylint: disable=import-outside-toplevel
+  if not _MFN:
+    try:
+      nets = nets_lib.FaceNets.load(("mobilefacenet", "facemesh"), why="identity figures")
+    except store.FaceNetsMissing as e:
+      raise IdentityUnavailable(str(e)) from None
+    import jax  # pylint: disable=import-outside-toplevel
+    mean = np.asarray(nets_lib.IDENTITY_MEAN, np.float32)
+    _MFN["run"] = jax.jit(
+        lambda x: nets_lib.identity_embedding(nets, x.astype(np.float32) / 127.5 - 1) - mean)
+  frames = np.asarray(frames, np.uint8)
+  out = []
+  for i in range(0, len(frames), _MFN_BATCH):
+    chunk = frames[i:i + _MFN_BATCH]
+    pad = _MFN_BATCH - len(chunk)  # one compiled shape
+    out.append(np.asarray(_MFN["run"](np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])))
+               [:len(chunk)])
+  emb = np.concatenate(out) if out else np.zeros((0, 192), np.float32)
+  return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-8)
+
+
+EMBEDDERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mobilefacenet": mobilefacenet_embedding, "dlib": dlib_embedding}
+
+
+def default_backend() -> str:
+  """"mobilefacenet" when its networks are fetched, else the dlib stand-in."""
+  from vasa_jax.facenets import store  # pylint: disable=import-outside-toplevel
+  return "mobilefacenet" if store.available(("mobilefacenet", "facemesh")) else "dlib"
+
+
+def identity_embedding(frames: np.ndarray, backend: str | None = None) -> np.ndarray:
   """(N, H, W, 3) uint8 face crops -> (N, D) identity embeddings (see the module docstring).
 
+  Args:
+    frames: crops framed as the backend wants (`ID_CROPS`).
+    backend: a name in `EMBEDDERS`; None: `default_backend()`.
   Raises:
     IdentityUnavailable: the backend's packages are missing (the message says what to install).
   """
+  backend = backend or default_backend()
   if backend not in EMBEDDERS:
     raise VasaInputError(f"Unknown identity backend {backend!r}; use one of {sorted(EMBEDDERS)}.")
   return EMBEDDERS[backend](frames)
@@ -120,18 +166,18 @@ def face_box(image: np.ndarray, analyzer) -> np.ndarray | None:
 
 
 def frame_figures(frames: np.ndarray, portrait: np.ndarray, analyzer, *,
-                  backend: str = "dlib") -> dict:
+                  backend: str | None = None) -> dict:
   """Per-frame face size, sharpness ratio and identity similarity (NaN where no face).
 
   Args:
     frames: (N, H, W, 3) uint8 (already subsampled).
     portrait: (H', W', 3) uint8 photo the video animates.
     analyzer: a `face_crop.FaceAnalyzer`.
-    backend: identity backend.
+    backend: identity backend (`EMBEDDERS`); None: `default_backend()`.
 
   Returns:
-    {"face_px", "sharpness_rel", "identity_sim"} (N,) float64 arrays and "identity_error" (None,
-    or why identity could not be measured).
+    {"face_px", "sharpness_rel", "identity_sim"} (N,) float64 arrays, "identity_error" (None,
+    or why identity could not be measured) and "identity_backend".
 
   Raises:
     VasaInputError: no face in the portrait (the message names --portrait).
@@ -152,15 +198,17 @@ def frame_figures(frames: np.ndarray, portrait: np.ndarray, analyzer, *,
   ident = np.full(n, np.nan)
   error = None
   found = [i for i, b in enumerate(boxes) if b is not None]
+  backend = backend or default_backend()
+  crop = ID_CROPS.get(backend, _id_crop)
   try:
-    crops = [_id_crop(portrait, ref_box)] + [_id_crop(frames[i], boxes[i]) for i in found]
+    crops = [crop(portrait, ref_box)] + [crop(frames[i], boxes[i]) for i in found]
     emb = identity_embedding(np.stack(crops), backend)  # (1 + F, D)
     ident[found] = emb[1:] @ emb[0] / np.maximum(
         np.linalg.norm(emb[1:], axis=1) * np.linalg.norm(emb[0]), 1e-8)
   except IdentityUnavailable as e:
     error = str(e)
   return {"face_px": size, "sharpness_rel": sharp, "identity_sim": ident,
-          "identity_error": error}
+          "identity_error": error, "identity_backend": backend}
 
 
 def _id_crop(image: np.ndarray, box: np.ndarray, side: int = 150) -> np.ndarray:
@@ -168,6 +216,27 @@ def _id_crop(image: np.ndarray, box: np.ndarray, side: int = 150) -> np.ndarray:
 
   crop = _box_crop(image, box, IDENTITY_MARGIN)
   return (transform.resize(crop, (side, side), anti_aliasing=True) * 255).round().astype(np.uint8)
+
+
+def _head_crop(image: np.ndarray, box: np.ndarray, side: int = HEAD_SIDE) -> np.ndarray:
+  """The head crop of `face_crop.crop_image` (its margin and lift) around a face box, edges
+  repeated where the square leaves the image."""
+  from skimage import transform  # pylint: disable=import-outside-toplevel
+
+  from vasa_jax.data import face_crop  # pylint: disable=import-outside-toplevel
+  from vasa_jax.facenets import nets  # pylint: disable=import-outside-toplevel
+  x0, y0, x1, y1 = face_crop.crop_square(np.asarray(box, np.float32), 1.0 / nets.FACE_SIZE,
+                                         (nets.FACE_CENTRE[1] - 0.5) / nets.FACE_SIZE)
+  h, w = image.shape[:2]
+  pad = int(max(0, -np.floor(min(x0, y0)), np.ceil(max(x1 - w, y1 - h)))) + 1
+  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+  ya, yb, xa, xb = (int(round(v)) + pad for v in (y0, y1, x0, x1))
+  crop = padded[ya:yb, xa:xb]
+  return (transform.resize(crop, (side, side), anti_aliasing=True) * 255).round().astype(np.uint8)
+
+
+# How each backend wants its faces framed (others: `_id_crop`).
+ID_CROPS = {"mobilefacenet": _head_crop, "dlib": _id_crop}
 
 
 def _nanmean(x) -> float:
@@ -214,7 +283,8 @@ def read_sampled(path, sample_fps: float = SAMPLE_FPS, fps: float = FPS,
 
 def viewer_scores(frames: np.ndarray, times: np.ndarray, duration: float,
                   portrait: np.ndarray | None, analyzer, *, fps: float = FPS,
-                  series: dict | None = None, backend: str = "dlib", max_lag: int = 5) -> dict:
+                  series: dict | None = None, backend: str | None = None,
+                  max_lag: int = 5) -> dict:
   """Viewer figures of one video (see the module docstring).
 
   Args:
@@ -225,7 +295,7 @@ def viewer_scores(frames: np.ndarray, times: np.ndarray, duration: float,
     analyzer: a `face_crop.FaceAnalyzer`.
     fps: frame rate of `series`.
     series: `lipsync.evaluate_video`'s "series" (mouth_open, envelope) for the segment lip sync.
-    backend: identity backend (`EMBEDDERS`).
+    backend: identity backend (`EMBEDDERS`); None: `default_backend()`.
     max_lag: lip-sync lag search range.
 
   Returns:
@@ -241,6 +311,7 @@ def viewer_scores(frames: np.ndarray, times: np.ndarray, duration: float,
   per = frame_figures(frames, ref, analyzer, backend=backend)
   out = {k: _nanmean(per[k]) for k in ("face_px", "sharpness_rel", "identity_sim")}
   out["identity_error"] = per["identity_error"]
+  out["identity_backend"] = per["identity_backend"]
   if duration > LONG_CLIP_S:
     mouth = env = None
     if series is not None:
@@ -279,6 +350,7 @@ def render_drift_markdown(rows: Sequence[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-__all__ = ["EMBEDDERS", "IdentityUnavailable", "VIEWER_COLUMNS", "dlib_embedding",
+__all__ = ["EMBEDDERS", "ID_CROPS", "IdentityUnavailable", "VIEWER_COLUMNS", "default_backend",
+           "dlib_embedding", "mobilefacenet_embedding",
            "face_box", "frame_figures", "identity_embedding", "laplacian_variance",
            "read_sampled", "render_drift_markdown", "segment_figures", "viewer_scores"]

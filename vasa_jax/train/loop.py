@@ -172,7 +172,8 @@ def warm_start(state, init_from: str):
   new = sorted(k for k in fresh if k not in got)
   log.info("Parameters initialised from %s; %d kept their fresh initialisation%s", init_from,
            len(new), f" (e.g. {show(new)})" if new else "")
-  ema = params if state.ema_params is not None else None
+  # A copy, not the same buffers: the train step donates params and EMA separately.
+  ema = jax.tree.map(jnp.copy, params) if state.ema_params is not None else None
   return state.replace(params=params, ema_params=ema)
 
 
