@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from configs.common import FPS
+from vasa_jax.constants import FPS
 from vasa_jax.errors import VasaInputError
 from vasa_jax.facenets import nets as nets_lib
 
