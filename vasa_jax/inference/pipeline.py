@@ -21,6 +21,7 @@ R x R crops.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -217,6 +218,16 @@ class Pipeline:
       self._samplers[steps] = self._sampler_lib.make_sample_window(
           self._denoise_fn, self.motion_config, steps=steps)
     return self._samplers[steps]
+
+  def window_loop(self, kw: dict, audio_dim: int) -> sampler_lib.WindowLoop:
+    """The offline `sampler.WindowLoop` for `generate`'s keyword arguments `kw` (controls,
+    guidance, steps, seed)."""
+    cfg_audio, cfg_gaze = self._guidance(kw["cfg_audio"], kw["cfg_gaze"])
+    return self._sampler_lib.WindowLoop(
+        self.sample_window_fn(kw["steps"]), self.motion_params,
+        self.controls(kw["gaze"], kw["distance"], kw["emotion"]), jax.random.key(kw["seed"]),
+        window=self.window, context=self.context, motion_dim=self.motion_dim,
+        audio_dim=audio_dim, cfg_audio=cfg_audio, cfg_gaze=cfg_gaze)
 
   def stream_buffering_s(self, first_window: int | None = None,
                          chunk_samples: int | None = None) -> float:
@@ -432,23 +443,14 @@ class Pipeline:
     num_frames = run.num_frames
     feats = audio_features.log_mel(run.wav, num_frames=num_frames)  # (T, 4, 80)
     encoded = self._encode_audio(self.motion_params, jnp.asarray(feats)[None])[0]  # (T, Da)
-    controls = self.controls(kw["gaze"], kw["distance"], kw["emotion"])
-    cfg_audio, cfg_gaze = self._guidance(kw["cfg_audio"], kw["cfg_gaze"])
-    sample = self.sample_window_fn(kw["steps"])
-    sl = self._sampler_lib
-    carry = sl.initial_carry(1, self.context, self.motion_dim, encoded.shape[-1])
-    rng = jax.random.key(kw["seed"])
-    n_windows = sl.window_count(num_frames, self.window)
+    loop = self.window_loop(kw, encoded.shape[-1])
     bar = tqdm(total=num_frames, unit="frame", desc="generate", disable=not progress)
     pending = None
-    for i in range(n_windows + 1):
+    for motion in itertools.chain(loop.windows(encoded), [None]):
       chunks = None
-      if i < n_windows:
-        seg, mask = sl.pad_window(encoded, i * self.window, self.window)
-        carry, motion = sample(self.motion_params, carry, seg[None], mask[None], controls,
-                               jax.random.fold_in(rng, i), cfg_audio, cfg_gaze)
-        m = min(self.window, num_frames - i * self.window)
-        motion = self.denormalize(np.asarray(motion[0, :m]), portrait, kw["mouth_scale"])
+      if motion is not None:
+        m = motion.shape[0]
+        motion = self.denormalize(np.asarray(motion), portrait, kw["mouth_scale"])
         run.motions.append(motion)
         chunks = (self.render_chunks(portrait, motion, target), m)
       if pending is not None:  # waits for one window's frames; the next one is queued
