@@ -146,6 +146,13 @@ class Pipeline:
       portrait's own (1 = as sampled; None: 1). A decoder that renders mouth changes too weakly
       (the demo's) shows more of the sampled speech motion with a gain above 1; like SadTalker's
       `expression_scale`, but on the one entry the face mesh labels (`motion_labels`).
+
+  Jitted building blocks (public, so benchmarks and tools time them as generation runs them):
+    encode_portrait(latent_params, (1, R, R, 3) uint8, labels, valid) -> v_can, z_id, z_pose,
+      z_dyn; encode_audio(motion_params, (1, T, 4, 80)) -> (1, T, Da);
+    denoise_fn(motion_params, x_t, t, cond) -> x0 (not jitted alone; `sample_window_fn` is);
+    render(latent_params, v_can, z_id, z_pose (n, 6), z_dyn (n, Zd)) -> (n, R, R, 3) uint8;
+    render_paste(..., target.tree()) -> (n, H, W, 3) uint8 pasted back into the photo.
   """
 
   def __init__(self, latent_config, latent_params, motion_config, motion_params, motion_stats,
@@ -185,10 +192,10 @@ class Pipeline:
     self.face_model = FaceModel(latent_config.model, dtype=self.compute_dtype)
     self._face_cfg = layers.as_face_config(latent_config.model)
     self.motion_model = motion_dit.build_motion_model(motion_config, dtype=self.compute_dtype)
-    self._denoise_fn, encode_fn = motion_dit.make_apply_fns(self.motion_model)
+    self.denoise_fn, encode_fn = motion_dit.make_apply_fns(self.motion_model)
     self.audio_receptive_past = int(self.motion_model.audio_encoder.receptive_past)
     self.audio_lookahead = int(self.motion_model.audio_encoder.lookahead)
-    self._encode_audio = jax.jit(encode_fn)
+    self.encode_audio = jax.jit(encode_fn)
     self._samplers: dict[int, Any] = {}
     face = self.face_model
 
@@ -207,7 +214,7 @@ class Pipeline:
     def render_paste(params, v_can, z_id, z_pose, z_dyn, target):  # target: PasteTarget.tree()
       return paste_back.paste(render(params, v_can, z_id, z_pose, z_dyn), *target)
 
-    self._encode_portrait, self._render, self._render_paste = encode_portrait, render, render_paste
+    self.encode_portrait, self.render, self.render_paste = encode_portrait, render, render_paste
 
   # -- building blocks ---------------------------------------------------------------------
 
@@ -216,7 +223,7 @@ class Pipeline:
     steps = int(steps or self.steps)
     if steps not in self._samplers:
       self._samplers[steps] = self._sampler_lib.make_sample_window(
-          self._denoise_fn, self.motion_config, steps=steps)
+          self.denoise_fn, self.motion_config, steps=steps)
     return self._samplers[steps]
 
   def window_loop(self, kw: dict, audio_dim: int) -> sampler_lib.WindowLoop:
@@ -269,7 +276,7 @@ class Pipeline:
     face = face_crop.crop_image(img, self.resolution, source=source, face_index=face_index)
     labels, valid = face_labels.landmark_labels(face.landmarks[None], self.resolution,
                                                 self._face_cfg)
-    v_can, z_id, z_pose, z_dyn = self._encode_portrait(self.latent_params, face.image[None],
+    v_can, z_id, z_pose, z_dyn = self.encode_portrait(self.latent_params, face.image[None],
                                                        labels, valid)
     return Portrait(crop=face.image, v_can=v_can, z_id=z_id, z_pose=z_pose, z_dyn=z_dyn,
                     photo=img, box=face.box, landmarks=face.landmarks)
@@ -330,8 +337,8 @@ class Pipeline:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - chunk.shape[0], 0)])
       args = (self.latent_params, portrait.v_can, portrait.z_id, jnp.asarray(chunk[:, :p]),
               jnp.asarray(chunk[:, p:]))
-      chunks.append(self._render(*args) if target is None else
-                    self._render_paste(*args, target.tree()))
+      chunks.append(self.render(*args) if target is None else
+                    self.render_paste(*args, target.tree()))
     return chunks
 
   def host_frames(self, chunks: list[jax.Array], n: int) -> Iterator[np.ndarray]:
@@ -442,7 +449,7 @@ class Pipeline:
     t1 = time.perf_counter()
     num_frames = run.num_frames
     feats = audio_features.log_mel(run.wav, num_frames=num_frames)  # (T, 4, 80)
-    encoded = self._encode_audio(self.motion_params, jnp.asarray(feats)[None])[0]  # (T, Da)
+    encoded = self.encode_audio(self.motion_params, jnp.asarray(feats)[None])[0]  # (T, Da)
     loop = self.window_loop(kw, encoded.shape[-1])
     bar = tqdm(total=num_frames, unit="frame", desc="generate", disable=not progress)
     pending = None
@@ -494,7 +501,7 @@ class Pipeline:
     da = int(self.motion_config.model.audio_width)
     cfg_audio, cfg_gaze = self._guidance(cfg_audio, cfg_gaze)
     stream = MotionStream(
-        self.sample_window_fn(steps), self.motion_params, self._encode_audio,
+        self.sample_window_fn(steps), self.motion_params, self.encode_audio,
         self.controls(gaze, distance, emotion), jax.random.key(seed), window=self.window,
         context=self.context, motion_dim=self.motion_dim, audio_dim=da,
         receptive_past=self.audio_receptive_past, lookahead=self.audio_lookahead,
