@@ -21,34 +21,27 @@ R x R crops.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import itertools
-import json
 import os
-import pathlib
 import time
 from typing import Any, Iterable, Iterator
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vasa_jax import params_io
 from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from vasa_jax.data import face_crop, face_labels, media
 from vasa_jax.diffusion import sampler as sampler_lib
 from vasa_jax.errors import CheckpointError, VasaInputError
-from vasa_jax.fileio import atomic_write_text
 from vasa_jax.image_ops import to_uint8_image
 from vasa_jax.inference import paste_back
 from vasa_jax.inference.controls import check_controls
 from vasa_jax.inference.streaming import SAMPLE_LOOKAHEAD
 from vasa_jax.models import face_model, layers, motion_dit, motion_labels
 from vasa_jax.models.face_model import FaceModel
-from vasa_jax.models.layers import fast_init_key
 
-PIPELINE_FILE = "pipeline.json"
-DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parent.parent / "assets" / "demo"
 EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
 
 
@@ -544,124 +537,15 @@ class _Run:
                  "fps": self.num_frames / max(self.t2 - self.t1, 1e-9)})
 
 
-def save_pipeline(out_dir, latent_config, latent_params, motion_config, motion_params,
-                  motion_stats, *, dtype: str = "bfloat16", steps: int | None = None,
-                  cfg_audio: float | None = None, cfg_gaze: float | None = None,
-                  mouth_scale: float | None = None):
-  """Writes a self-describing pipeline directory (latent/, motion/, pipeline.json) with the
-  default sampling steps and guidance scales (None: the motion config's) and mouth scale
-  (None: 1)."""
-  check_controls(steps=steps, cfg_audio=cfg_audio, cfg_gaze=cfg_gaze, mouth_scale=mouth_scale)
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  params_io.export_params(latent_params, latent_config, out / "latent", dtype=dtype)
-  params_io.export_params(motion_params, motion_config, out / "motion", dtype=dtype)
-  meta = {"format": "vasa-jax-pipeline", "version": 1,
-          "motion_stats": {"mean": [float(v) for v in motion_stats["mean"]],
-                           "std": [float(v) for v in motion_stats["std"]]},
-          "steps": int(steps or motion_config.diffusion.sample_steps),
-          "cfg_audio": float(motion_config.diffusion.cfg_audio if cfg_audio is None
-                             else cfg_audio),
-          "cfg_gaze": float(motion_config.diffusion.cfg_gaze if cfg_gaze is None else cfg_gaze),
-          "mouth_scale": check_mouth_scale(1.0 if mouth_scale is None else mouth_scale)}
-  atomic_write_text(out / PIPELINE_FILE, json.dumps(meta, indent=1))
-  return out
+# Saving/loading pipeline directories and random-weight pipelines live in their own modules;
+# their names stay importable from here (`from vasa_jax.inference.pipeline import load_pipeline`).
+_MOVED = {"PIPELINE_FILE": "pipeline_io", "DEFAULT_CHECKPOINT": "pipeline_io",
+          "save_pipeline": "pipeline_io", "load_pipeline": "pipeline_io",
+          "init_random_params": "random_weights", "init_motion_params": "random_weights",
+          "inference_knobs": "random_weights", "random_pipeline": "random_weights"}
 
 
-def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
-  """Loads a pipeline directory (default: the bundled demo checkpoint).
-
-  Args:
-    path: a directory written by `vasa-jax export` / `save_pipeline`.
-    **kwargs: passed to `Pipeline` (steps, cfg_audio, cfg_gaze, mouth_scale, pose_mode,
-      compute_dtype, render_batch); the first four default to the values stored with the
-      pipeline.
-  """
-  p = pathlib.Path(path).expanduser() if path is not None else DEFAULT_CHECKPOINT
-  meta_path = p / PIPELINE_FILE
-  if not meta_path.is_file():
-    hint = ("the bundled demo checkpoint is missing from this install; reinstall vasa-jax"
-            if path is None else "pass a directory written by `vasa-jax export`")
-    raise CheckpointError(f"No pipeline checkpoint at {p} ({PIPELINE_FILE} not found): {hint}.")
-  meta = _read_pipeline_meta(meta_path)
-  latent_config, latent_params = params_io.load_exported(p / "latent")
-  motion_config, motion_params = params_io.load_exported(p / "motion")
-  for k in ("steps", "cfg_audio", "cfg_gaze", "mouth_scale"):  # older directories lack some
-    kwargs.setdefault(k, meta.get(k))
-  try:
-    return Pipeline(latent_config, latent_params, motion_config, motion_params,
-                    meta["motion_stats"], **kwargs)
-  except (KeyError, TypeError, AttributeError) as e:  # a config.json missing fields
-    raise CheckpointError(f"{p} does not fit this version of vasa-jax: its config.json lacks or "
-                          f"mistypes {e}. Re-export the checkpoint.") from None
-
-
-def _read_pipeline_meta(meta_path: pathlib.Path) -> dict:
-  """pipeline.json, checked: valid JSON, motion statistics of equal length, sane defaults."""
-  fix = "Re-export the checkpoint (vasa-jax export) or restore the file."
-  try:
-    meta = json.loads(meta_path.read_text())
-  except (ValueError, UnicodeDecodeError) as e:
-    raise CheckpointError(f"{meta_path} is not valid JSON ({e}). {fix}") from None
-  stats = meta.get("motion_stats") if isinstance(meta, dict) else None
-  try:
-    ok = (len(stats["mean"]) == len(stats["std"]) > 0
-          and np.all(np.isfinite(np.asarray(stats["mean"] + stats["std"], np.float64)))
-          and min(stats["std"]) > 0)
-  except (TypeError, KeyError, ValueError):
-    ok = False
-  if not ok:
-    raise CheckpointError(f"{meta_path} lacks valid motion_stats (mean and std lists of equal "
-                          f"length, std > 0). {fix}")
-  try:
-    check_controls(steps=meta.get("steps"), cfg_audio=meta.get("cfg_audio"),
-                   cfg_gaze=meta.get("cfg_gaze"), mouth_scale=meta.get("mouth_scale"))
-  except VasaInputError as e:
-    raise CheckpointError(f"{meta_path}: stored default {e} {fix}") from None
-  return meta
-
-
-def init_random_params(latent_config, motion_config, seed: int = 0):
-  """Randomly initialised (unboxed) stage 1 and stage 2 parameters, for tests and benchmarks."""
-  r = int(latent_config.model.resolution)
-  img = jnp.zeros((1, r, r, 3), jnp.float32)
-  k_lat, k_mot = jax.random.split(fast_init_key(jax.random.key(seed)))
-  latent_params = jax.jit(FaceModel(latent_config.model).init)(k_lat, img, img)["params"]
-  motion_params = init_motion_params(motion_config, k_mot)
-  return nn.unbox(latent_params), nn.unbox(motion_params)
-
-
-def init_motion_params(motion_config, rng):
-  """Randomly initialised (boxed) MotionModel parameters for a `configs/motion.py` config."""
-  m, e = motion_config.model, int(motion_config.model.emotion_dim)
-  w, k = int(m.window), int(m.context)
-  batch = {"motion": np.zeros((1, w, int(m.motion_dim)), np.float32),
-           "motion_prev": np.zeros((1, k, int(m.motion_dim)), np.float32),
-           "audio": np.zeros((1, w, 4, 80), np.float32),
-           "audio_prev": np.zeros((1, k, 4, 80), np.float32),
-           "has_prev": np.zeros((1,), bool), "gaze": np.zeros((1, 2), np.float32),
-           "distance": np.zeros((1, 1), np.float32), "emotion": np.zeros((1, e), np.float32),
-           "emotion_mask": np.zeros((1,), bool)}
-  cond = motion_dit.batch_cond(batch, motion_dit.full_masks(batch, w))
-  model = motion_dit.build_motion_model(motion_config)
-  return jax.jit(model.init)(rng, jnp.asarray(batch["motion"]), jnp.zeros((1,), jnp.int32),
-                             cond)["params"]
-
-
-def inference_knobs(config) -> dict:
-  """`Pipeline` keyword arguments a `configs/demo.py` config sets (compute_dtype,
-  render_batch)."""
-  inf = config.inference
-  return {"compute_dtype": inf.get("compute_dtype", "float32"),
-          "render_batch": inf.get("render_batch", 0)}
-
-
-def random_pipeline(config, seed: int = 0, **kwargs) -> Pipeline:
-  """A pipeline with random weights from a `configs/demo.py` config (speed and shape checks)."""
-  latent_params, motion_params = init_random_params(config.latent, config.motion, seed)
-  dm = int(config.motion.model.motion_dim)
-  stats = {"mean": [0.0] * dm, "std": [1.0] * dm}
-  kwargs.setdefault("steps", config.inference.steps)
-  for k, v in inference_knobs(config).items():
-    kwargs.setdefault(k, v)
-  return Pipeline(config.latent, latent_params, config.motion, motion_params, stats, **kwargs)
+def __getattr__(name: str):
+  if name in _MOVED:
+    return getattr(importlib.import_module(f"vasa_jax.inference.{_MOVED[name]}"), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
