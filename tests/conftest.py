@@ -32,9 +32,10 @@ def pytest_addoption(parser):
 # The files that take longest on the 2-core CPU (measured with --durations), run first: with
 # `-n 2 --dist loadfile` a worker takes the next file as it finishes one, so a long file started
 # last would leave the other worker idle at the end of the suite.
-LONG_FILES = ("test_sampler.py", "test_demo_checkpoint.py", "test_generate.py",
-              "test_paste_back.py", "test_browser.py", "test_facenets.py", "test_face_losses.py",
-              "test_mouth_calibration.py", "test_drift.py")
+LONG_FILES = ("test_notebooks.py", "test_latent_task.py", "test_loop_stages.py",
+              "test_face_losses.py", "test_bench_train.py", "test_aot_compile.py",
+              "test_face_metrics.py", "test_multihost.py", "test_paste_back.py",
+              "test_mouth_calibration.py", "test_facenets.py", "test_face_model.py")
 
 
 def _long_first(item) -> int:
