@@ -55,7 +55,7 @@ def model_config(variant):
   # short CPU run. The paper-scale `base` keeps MegaPortraits' pure volume rendering.
   m.source_warp = variant == "demo"
   # Five motion entries pinned to face-mesh labels (see vasa_jax/models/motion_labels.py), centred
-  # with statistics of ../shared/data's 32k preprocessed frames (`pipelines.label_stats` gives
+  # with statistics of ../shared/data's 32k preprocessed frames (`input_pipeline.label_stats` gives
   # them for other data; MediaPipe's ratios vary little between talking-face sets).
   m.label_motion = True
   m.label_log_scale_mean = -1.323

@@ -149,13 +149,13 @@ def test_read_only_output_folder_fails_before_work(inputs, tmp_path, capsys, mon
   ro.chmod(0o555)
   if os.geteuid() == 0:  # root writes into read-only folders: make the folder refuse as a mount
     from vasa_jax.data import media  # pylint: disable=import-outside-toplevel
-    real_mkstemp = media.tempfile.mkstemp
+    real_mkstemp = media.video_write.tempfile.mkstemp
 
     def mkstemp(*args, dir=None, **kw):  # pylint: disable=redefined-builtin
       if dir is not None and os.path.samefile(dir, ro):
         raise PermissionError(13, "Permission denied")
       return real_mkstemp(*args, dir=dir, **kw)
-    monkeypatch.setattr(media.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(media.video_write.tempfile, "mkstemp", mkstemp)
   try:
     rc = cli.main(["generate", "--audio", str(inputs / "speech.wav"), "--out", str(ro / "o.mp4"),
                    "--checkpoint", str(tmp_path / "never-loaded")])

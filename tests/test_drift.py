@@ -30,7 +30,7 @@ def _sample_motion(pipe, wav, steps):
   from vasa_jax.diffusion import sampler as S
   n = audio_features.frames_for_audio(len(wav))
   feats = jnp.asarray(audio_features.log_mel(wav, num_frames=n))[None]
-  encoded = pipe._encode_audio(pipe.motion_params, feats)[0]  # pylint: disable=protected-access
+  encoded = pipe.encode_audio(pipe.motion_params, feats)[0]
   return np.asarray(S.sample_sequence(
       pipe.sample_window_fn(steps), pipe.motion_params, encoded, pipe.controls(None, None, None),
       jax.random.key(0), window=pipe.window, context=pipe.context, motion_dim=pipe.motion_dim,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vasa_jax import cli
-from vasa_jax.data import emotion_labels, pipelines, records
+from vasa_jax.data import emotion_labels, input_pipeline, records
 from vasa_jax.errors import VasaInputError
 from vasa_jax.facenets import store
 
@@ -22,9 +22,9 @@ def _probs(t: int, fer_class: str, p: float = 0.7) -> np.ndarray:
 
 def test_control_vector_maps_fer_classes_onto_vasa_emotions():
   probs = np.concatenate([_probs(2, "happy", 0.9), _probs(2, "surprise", 0.5)])
-  vec = emotion_labels.control_vector(probs, pipelines.EMOTIONS)
+  vec = emotion_labels.control_vector(probs, input_pipeline.EMOTIONS)
   assert vec.shape == (8,) and vec.dtype == np.float32
-  e = pipelines.EMOTIONS
+  e = input_pipeline.EMOTIONS
   assert vec[e.index("happy")] == pytest.approx((0.9 + 0.5 / 6) / 2)  # window mean
   assert vec[e.index("surprised")] == pytest.approx((0.1 / 6 + 0.5) / 2)
   assert vec[e.index("neutral")] == pytest.approx((0.1 / 6 + 0.5 / 6) / 2)
@@ -36,7 +36,7 @@ def test_control_vector_maps_fer_classes_onto_vasa_emotions():
 
 def _element(clips, network_emotions=True):
   dm = 4
-  return pipelines._MotionElement(  # pylint: disable=protected-access
+  return input_pipeline._MotionElement(  # pylint: disable=protected-access
       clips, np.asarray([(k, 0) for k in range(len(clips))], np.int64), W, K,
       np.zeros(dm, np.float32), np.ones(dm, np.float32), 0.3, 0.05, 8,
       network_emotions=network_emotions)
@@ -59,7 +59,7 @@ def test_stage2_takes_network_labels_where_the_name_gives_none():
            _motion_record("vox_00002", None)]  # no label at all
   make = _element(clips)
   rng = np.random.default_rng(0)
-  e = pipelines.EMOTIONS
+  e = input_pipeline.EMOTIONS
   net, named, none = (make(i, rng) for i in range(3))
   assert net["emotion_mask"] and net["emotion"].argmax() == e.index("happy")
   assert net["emotion"][e.index("happy")] == pytest.approx(0.7, abs=1e-3)
@@ -74,11 +74,11 @@ def test_stage2_takes_network_labels_where_the_name_gives_none():
 def test_stage2_label_follows_the_window():
   probs = np.concatenate([_probs(W, "angry", 0.9), _probs(T - W, "happy", 0.9)])
   clips = [_motion_record("vox_00001", probs)]
-  make = pipelines._MotionElement(  # pylint: disable=protected-access
+  make = input_pipeline._MotionElement(  # pylint: disable=protected-access
       clips, np.asarray([(0, 0), (0, T - W)], np.int64), W, K, np.zeros(4, np.float32),
       np.ones(4, np.float32), 0.3, 0.05, 8, network_emotions=True)
   first = make(0, np.random.default_rng(0))
-  assert first["emotion"].argmax() == pipelines.EMOTIONS.index("angry")
+  assert first["emotion"].argmax() == input_pipeline.EMOTIONS.index("angry")
 
 
 def test_configs_switch_network_labels():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vasa_jax.config_utils import load_config
-from vasa_jax.data import pipelines, records
+from vasa_jax.data import input_pipeline, records
 from vasa_jax.inference import extract_motion
 
 
@@ -64,7 +64,7 @@ def test_extract_motion_writes_motion_the_stage2_pipeline_reads(tmp_path, latent
   # The stage 2 pipeline reads it with normalised motion.
   config = load_config("configs/motion.py:tiny", ["data.synthetic=False",
                                                   f"data.motion={out}"])
-  batch = next(iter(pipelines.make_motion_dataset(config)))
+  batch = next(iter(input_pipeline.make_motion_dataset(config)))
   w, k = config.data.window, config.data.context
   b = config.train.batch_size
   assert batch["motion"].shape == (b, w, config.model.motion_dim)

@@ -9,6 +9,9 @@ from vasa_jax import cli
 from vasa_jax.data import media
 from vasa_jax.errors import NoFaceError, VasaInputError
 
+# Checks behaviour, not speed: unoptimised XLA compiles the tiny pipeline several times faster.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 @pytest.fixture(scope="module")
 def pipe(tiny_pipeline_dir):

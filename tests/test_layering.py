@@ -90,3 +90,13 @@ def test_recipes_load_by_path_beside_another_configs_package(tmp_path, monkeypat
     for k in [k for k in sys.modules if k.split(".")[0] == "configs"]:
       del sys.modules[k]
     sys.modules.update(saved)
+
+
+def test_mediapipe_port_stands_apart_from_cropping_and_the_rest():
+  """data/mediapipe_face.py (the MediaPipe port) imports no other vasa_jax module but errors;
+  the split-out modules (pipeline_io, random_weights, lipsync_stats) import no training code."""
+  own = {n for n in _imports(PKG / "data" / "mediapipe_face.py") if n.startswith("vasa_jax")}
+  assert own <= {"vasa_jax.errors", "vasa_jax.errors.VasaInputError"}
+  files = [PKG / "inference" / "pipeline_io.py", PKG / "inference" / "random_weights.py",
+           PKG / "eval" / "lipsync_stats.py"]
+  assert _offenders(files, "vasa_jax.train") == {}

@@ -418,8 +418,8 @@ def test_protocol_like_file_names_are_plain_files(tmp_path):
 
 
 def test_huge_images_are_downscaled_or_refused(tmp_path, monkeypatch, caplog):
-  monkeypatch.setattr(media, "MAX_IMAGE_PIXELS", 40_000)  # a 200x200 limit for speed
-  monkeypatch.setattr(media, "MAX_DECODE_PIXELS", 160_000)
+  monkeypatch.setattr(media.image, "MAX_IMAGE_PIXELS", 40_000)  # a 200x200 limit for speed
+  monkeypatch.setattr(media.image, "MAX_DECODE_PIXELS", 160_000)
   img = np.random.default_rng(0).integers(0, 255, (400, 600, 3), np.uint8)
   Image.fromarray(img).save(tmp_path / "big.jpg", quality=90)
   Image.fromarray(img).save(tmp_path / "big.png")

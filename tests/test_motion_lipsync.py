@@ -121,7 +121,7 @@ def test_rejects_a_mismatched_stage1_run(setup, tmp_path):
 
 
 def test_slim_motion_keeps_what_stage2_and_eval_motion_read(setup, tmp_path):
-  from vasa_jax.data import pipelines, slim  # pylint: disable=g-import-not-at-top
+  from vasa_jax.data import input_pipeline, slim  # pylint: disable=g-import-not-at-top
   from vasa_jax.errors import VasaInputError
   root, ckpt, config = setup
   summary = slim.slim_motion(root / "motion", tmp_path / "slim", audio_persons=["p2"],
@@ -140,7 +140,7 @@ def test_slim_motion_keeps_what_stage2_and_eval_motion_read(setup, tmp_path):
     np.testing.assert_array_equal(small["z_dyn"], rec["z_dyn"])
   # Stage 2 windows of both copies agree to float16 precision, and eval-motion on the
   # held-out person's clips gives the same figures.
-  make = lambda d: pipelines.make_motion_dataset(  # noqa: E731
+  make = lambda d: input_pipeline.make_motion_dataset(  # noqa: E731
       load_config("configs/motion.py:tiny", [f"data.motion={d}", "data.synthetic=False"]),
       "train", 0, 1)
   a, b = next(iter(make(root / "motion"))), next(iter(make(tmp_path / "slim")))

@@ -11,6 +11,9 @@ from configs import motion as motion_config
 from vasa_jax.train.motion_task import MotionTask, drop_conditions
 from vasa_jax.train.state import TrainState
 
+# Checks behaviour, not speed: unoptimised XLA compiles the train step several times faster.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def _config():
   c = motion_config.get_config("tiny")

@@ -53,12 +53,12 @@ def test_select_clips_takes_one_clip_per_person_outside_the_excluded(tmp_path):
 
 @pytest.fixture(scope="module")
 def still_clip(tmp_path_factory):
-  """3 s of the astronaut, not moving, with the bundled speech: a real mouth that never moves."""
+  """1 s of the astronaut, not moving, with the bundled speech: a real mouth that never moves."""
   from skimage import data
   from vasa_jax.data import media
   from vasa_jax.inference.generate_cli import BUNDLED_SPEECH
-  wav = media.read_audio(str(BUNDLED_SPEECH))[:16000 * 3]
-  frames = np.repeat(data.astronaut()[None, ::2, ::2], 75, 0)
+  wav = media.read_audio(str(BUNDLED_SPEECH))[:16000]
+  frames = np.repeat(data.astronaut()[None, ::2, ::2], 25, 0)
   return media.write_video(tmp_path_factory.mktemp("clip") / "still.mp4", frames, audio=wav)
 
 
@@ -74,9 +74,9 @@ def test_calibrate_writes_the_report_and_the_pipeline_default(demo, still_clip, 
   ckpt = shutil.copytree(pipeline_lib.DEFAULT_CHECKPOINT, tmp_path / "demo")
   before = json.loads((ckpt / "pipeline.json").read_text())
   result = mc.calibrate(ckpt, [still_clip], tmp_path / "report", scales=(0.5, 1.0, 2.0),
-                        max_seconds=3.0, write=True, pipe=demo)
+                        max_seconds=1.0, write=True, pipe=demo)
   row = result["clips"][0]
-  assert row["frames"] == 75 and row["real"]["face_found"] == 1.0
+  assert row["frames"] == 25 and row["real"]["face_found"] == 1.0
   # The still mouth's spread is only the face mesh's jitter on a still frame.
   assert row["real"]["spread"] == result["real_spread"] < 0.015
   for scale in ("0.5", "1", "2"):  # the demo renders a face whose mouth moves with the speech

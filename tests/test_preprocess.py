@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vasa_jax.config_utils import load_config
-from vasa_jax.data import emotion_labels, pipelines, preprocess, records
+from vasa_jax.data import emotion_labels, input_pipeline, preprocess, records
 from vasa_jax.errors import VasaInputError
 
 # Two short 224x224 clips of different people (fast to decode); 2 s of each is kept.
@@ -139,7 +139,7 @@ def _spec(batch):
 
 def test_latent_dataset_on_real_shards(prepared):
   config = _latent_config(prepared["root"] / "all")
-  it = iter(pipelines.make_latent_dataset(config))
+  it = iter(input_pipeline.make_latent_dataset(config))
   batch = next(it)
   f32 = np.dtype(np.float32)
   assert _spec(batch) == {**{k: ((4, R, R, 3), np.dtype(np.uint8))
@@ -156,14 +156,14 @@ def test_latent_dataset_on_real_shards(prepared):
   assert np.all((box[..., 0] > 0.3) & (box[..., 0] < 0.7) & (box[..., 1] > 0.5))
   assert np.all((box[..., 2:] > 0.02) & (box[..., 2:] < 0.3))
   # The statistics that centre them (configs/latent.py holds those of ../shared/data).
-  stats = pipelines.label_stats(pipelines.ClipSource(prepared["root"] / "all"))
+  stats = input_pipeline.label_stats(input_pipeline.ClipSource(prepared["root"] / "all"))
   assert np.isfinite(stats.log_scale_mean) and stats.mouth_std > 0
-  synthetic = next(iter(pipelines.make_synthetic_latent_dataset(config)))
+  synthetic = next(iter(input_pipeline.make_synthetic_latent_dataset(config)))
   assert _spec(synthetic) == _spec(batch)
   # Resuming from a saved state yields the same next batch.
   state = it.get_state()
   want = next(it)
-  it2 = iter(pipelines.make_latent_dataset(config))
+  it2 = iter(input_pipeline.make_latent_dataset(config))
   it2.set_state(state)
   got = next(it2)
   for k in want:
@@ -197,7 +197,7 @@ def test_motion_dataset_on_fake_motion_records(prepared):
   _write_fake_motion(prepared["merged"], out, config.model.z_dyn_dim)
   config.data.motion = str(out)
   config.data.synthetic = False
-  batch = next(iter(pipelines.make_motion_dataset(config)))
+  batch = next(iter(input_pipeline.make_motion_dataset(config)))
   b, w, k, dm = config.train.batch_size, config.data.window, config.data.context, 22
   f32 = np.dtype(np.float32)
   assert _spec(batch) == {
@@ -211,12 +211,12 @@ def test_motion_dataset_on_fake_motion_records(prepared):
   if emotion_labels.available():
     assert batch["emotion_mask"].all()
     np.testing.assert_allclose(batch["emotion"].sum(-1), 1.0, atol=5e-3)
-    assert not batch["emotion"][:, pipelines.EMOTIONS.index("contempt")].any()
+    assert not batch["emotion"][:, input_pipeline.EMOTIONS.index("contempt")].any()
   else:
     assert not batch["emotion_mask"].any() and not batch["emotion"].any()
   # Zero context exactly where there is no previous window.
   assert not batch["motion_prev"][~batch["has_prev"]].any()
-  synthetic = next(iter(pipelines.make_synthetic_motion_dataset(config)))
+  synthetic = next(iter(input_pipeline.make_synthetic_motion_dataset(config)))
   assert _spec(synthetic) == _spec(batch)
 
 
@@ -241,8 +241,9 @@ def test_slim_shards_keep_what_stage1_reads(prepared, tmp_path):
     ref = records.decode_frames(full, [2])
     assert frames.shape == ref.shape and np.abs(frames.astype(int) - ref).mean() < 6
   # The stage-1 pipeline serves the slim shards with the full shards' element spec.
-  batch = next(iter(pipelines.make_latent_dataset(_latent_config(tmp_path / "slim"))))
-  full_batch = next(iter(pipelines.make_latent_dataset(_latent_config(prepared["root"] / "all"))))
+  batch = next(iter(input_pipeline.make_latent_dataset(_latent_config(tmp_path / "slim"))))
+  full_batch = next(iter(input_pipeline.make_latent_dataset(
+      _latent_config(prepared["root"] / "all"))))
   assert _spec(batch) == _spec(full_batch)
   np.testing.assert_array_equal(batch["labels_valid"], 1.0)
   assert np.all((batch["mouth_box"][..., 2:] > 0.02) & (batch["mouth_box"][..., 2:] < 0.3))

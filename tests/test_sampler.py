@@ -10,6 +10,9 @@ from configs import motion as motion_config
 from vasa_jax.diffusion import sampler as S
 from vasa_jax.inference.streaming import MotionStream, make_stream
 
+# Checks behaviour, not speed: unoptimised XLA compiles the tiny model several times faster.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 W, K, DM, DA, E = 8, 3, 5, 6, 4
 
 
@@ -167,6 +170,27 @@ def test_sequence_is_deterministic_per_seed_and_masks_the_padding():
   _, w1 = fn(None, carry, audio[None, W:2 * W], mask, _controls(),
              jax.random.fold_in(jax.random.key(7), 1), 0.5, 1.0)
   np.testing.assert_allclose(a[W:2 * W], w1[0], atol=1e-6)
+
+
+def test_window_loop_owns_boundaries_padding_and_keys():
+  """The one window loop (sample_sequence, Pipeline.generate, MotionStream): window 0 emits F
+  frames, later ones W, the last is padded and trimmed, window i uses fold_in(seed, i)."""
+  fn = S.make_sample_window(_noise_denoiser, _config(6, "ddpm"))
+  audio = jax.random.normal(jax.random.key(5), (2 * W + 3, DA))
+  kw = dict(window=W, context=K, motion_dim=DM, audio_dim=DA)
+  loop = S.WindowLoop(fn, None, _controls(), jax.random.key(7), first_window=3, **kw)
+  assert [m.shape[0] for m in loop.windows(audio)] == [3, W, W]
+  assert (loop.index, loop.start) == (3, 2 * W + 3)
+  # With F = W it is sample_sequence's loop, key for key.
+  full = S.WindowLoop(fn, None, _controls(), jax.random.key(7), **kw)
+  np.testing.assert_array_equal(
+      jnp.concatenate(list(full.windows(audio))),
+      S.sample_sequence(fn, None, audio, _controls(), jax.random.key(7), window=W, context=K,
+                        motion_dim=DM))
+  with pytest.raises(ValueError, match="takes 1..8 frames"):
+    S.WindowLoop(fn, None, _controls(), jax.random.key(7), **kw).step(audio[:W + 1])
+  with pytest.raises(ValueError, match="first_window"):
+    S.WindowLoop(fn, None, _controls(), jax.random.key(7), first_window=W + 1, **kw)
 
 
 def test_make_controls_validates_shapes():

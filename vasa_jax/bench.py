@@ -129,15 +129,15 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   # Portrait: encoder + canonical volume (once per clip). Random pixels: no face detection here.
   img = jnp.asarray(rng.integers(0, 255, (1, r, r, 3), dtype=np.uint8))
   pargs = (pipe.latent_params, img, *map(jnp.asarray, motion_labels.no_labels(1)))
-  first, best, enc = time_fn(pipe._encode_portrait, *pargs, repeats=repeats)  # pylint: disable=protected-access
+  first, best, enc = time_fn(pipe.encode_portrait, *pargs, repeats=repeats)
   add("portrait encode + canonicalize", first, best, best, "s/clip",
-      flops_of(pipe._encode_portrait, *pargs))  # pylint: disable=protected-access
+      flops_of(pipe.encode_portrait, *pargs))
   portrait = pipeline_lib.Portrait(crop=np.asarray(img[0]), v_can=enc[0], z_id=enc[1],
                                    z_pose=enc[2], z_dyn=enc[3])
 
-  first, best, encoded = time_fn(pipe._encode_audio, pipe.motion_params, feats, repeats=repeats)  # pylint: disable=protected-access
+  first, best, encoded = time_fn(pipe.encode_audio, pipe.motion_params, feats, repeats=repeats)
   add(f"audio encoder ({n_frames} frames)", first, best, best / n_frames, "s/frame",
-      flops_of(pipe._encode_audio, pipe.motion_params, feats))  # pylint: disable=protected-access
+      flops_of(pipe.encode_audio, pipe.motion_params, feats))
 
   controls = pipe.controls(gaze=(0.0, 0.0), distance=0.0)
   carry = sampler_lib.initial_carry(1, pipe.context, pipe.motion_dim, encoded.shape[-1])
@@ -145,7 +145,7 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   # XLA's cost analysis counts a while loop's body once, so a window's FLOPs are those of one
   # guided denoising call (3 CFG branches in one batch) times the number of steps.
   cond = sampler_lib.build_cond(carry, seg[None], mask[None], controls)
-  guided = jax.jit(lambda p, x, t, c: sampler_lib.guided_x0(pipe._denoise_fn, p, x, t, c, 0.5,  # pylint: disable=protected-access
+  guided = jax.jit(lambda p, x, t, c: sampler_lib.guided_x0(pipe.denoise_fn, p, x, t, c, 0.5,
                                                             1.0))
   x_t = jnp.zeros((1, w, pipe.motion_dim), jnp.float32)
   step_flops = flops_of(guided, pipe.motion_params, x_t, jnp.zeros((1,), jnp.int32), cond)
@@ -162,8 +162,8 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   z = jnp.zeros((w, pipe.motion_dim), jnp.float32)
   rargs = (pipe.latent_params, portrait.v_can, portrait.z_id, z[:, :pipe.z_pose_dim],
            z[:, pipe.z_pose_dim:])
-  first, best, _ = time_fn(pipe._render, *rargs, repeats=repeats)  # pylint: disable=protected-access
-  render_flops = flops_of(pipe._render, *rargs)  # pylint: disable=protected-access
+  first, best, _ = time_fn(pipe.render, *rargs, repeats=repeats)
+  render_flops = flops_of(pipe.render, *rargs)
   add(f"decoder ({w} frames per call)", first, best, best / w, "s/frame", render_flops)
   decoder_s = best
   # Paste-back: a synthetic photo whose middle half is the crop; the same jitted call as
@@ -173,7 +173,7 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   pasted = dataclasses.replace(portrait, photo=photo,
                                box=np.array([q, q, 3 * q, 3 * q], np.float32))
   target = pipe.paste_target(pasted, paste_size)
-  first, best, _ = time_fn(pipe._render_paste, *rargs, target.tree(), repeats=repeats)  # pylint: disable=protected-access
+  first, best, _ = time_fn(pipe.render_paste, *rargs, target.tree(), repeats=repeats)
   add(f"decoder + paste-back to {paste_size}x{paste_size} ({w})", first, best, best / w,
       "s/frame")
   paste_s = max(best - decoder_s, 0.0) / w
@@ -182,9 +182,9 @@ def run(config_spec: str = "configs/demo.py:demo", overrides=(), *, checkpoint=N
   rb = pipe.render_batch
   if rb != w:  # the streaming latency lever: what one smaller call costs
     sargs = rargs[:3] + (rargs[3][:rb], rargs[4][:rb])
-    first, best, _ = time_fn(pipe._render, *sargs, repeats=repeats)  # pylint: disable=protected-access
+    first, best, _ = time_fn(pipe.render, *sargs, repeats=repeats)
     add(f"decoder ({rb} frames per call)", first, best, best / rb, "s/frame",
-        flops_of(pipe._render, *sargs))  # pylint: disable=protected-access
+        flops_of(pipe.render, *sargs))
 
   # End to end, offline and streaming: the pipeline's own paths, on the encoded portrait (no
   # face detection), everything compiled by the calls above or by a first untimed run.

@@ -8,7 +8,7 @@ carries them into the motion records, and `vasa-jax label-emotions` adds them to
 data written before (on the shared 2-core CPU 220 s for 23465 frames, JPEG decoding and shard
 rewriting included, against 1441 s for preprocessing them).
 
-Stage 2 (`pipelines._MotionElement`) turns a window's probabilities into the control vector with
+Stage 2 (`input_pipeline._MotionElement`) turns a window's probabilities into the control vector with
 `control_vector`: their mean over the window, mapped onto vasa-jax's emotion list (contempt, which
 FER lacks, gets 0). A file-name label, where there is one, wins as a one-hot vector.
 """
@@ -26,7 +26,7 @@ from vasa_jax.errors import VasaInputError
 KEY = "emotion_probs"
 BATCH = 32
 # The network's FER-2013 classes (`facenets.nets.EMOTIONS`, not imported here so data loading
-# needs no jax) -> vasa-jax emotion names (`pipelines.EMOTIONS`).
+# needs no jax) -> vasa-jax emotion names (`input_pipeline.EMOTIONS`).
 FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 FER_TO_VASA = {"angry": "angry", "disgust": "disgusted", "fear": "fear", "happy": "happy",
                "sad": "sad", "surprise": "surprised", "neutral": "neutral"}

@@ -4,7 +4,8 @@ trainer.
 A lent accelerator, a Colab VM or a cloud bucket with a transfer quota may not take the whole
 preprocessed set (../shared/data's 170 clips are 538 MB at 128 px, two thirds of it landmarks,
 audio and audio features that stage 1 never reads). `slim_shards` keeps what the stage-1
-pipeline reads (`pipelines._LatentElement`): every `every`-th frame re-encoded at JPEG `quality`,
+pipeline reads (`input_pipeline._LatentElement`): every `every`-th frame re-encoded at JPEG
+`quality`,
 the per-frame labels of those frames and the lips' box (`mouth_box`, precomputed from the
 landmarks, which are dropped), optionally without the validation people. Every 3rd frame at
 quality 80 of the demo's training people is 43 MB. `extract-motion` needs the full shards (every
@@ -25,7 +26,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from vasa_jax.data import face_labels, pipelines, records
+from vasa_jax.data import face_labels, input_pipeline, records
 from vasa_jax.errors import VasaInputError
 
 # Per-frame arrays the stage-1 pipeline reads; clip-level fields kept as they are.
@@ -58,7 +59,7 @@ def slim_shards(src: str | os.PathLike, out: str | os.PathLike, *, every: int = 
   """
   if every < 1 or not 1 <= quality <= 100:
     raise VasaInputError(f"--every {every} must be >= 1 and --quality {quality} within 1..100")
-  clips = pipelines.ClipSource(src, exclude_persons=exclude_persons)  # keeps shards open
+  clips = input_pipeline.ClipSource(src, exclude_persons=exclude_persons)  # keeps shards open
   extra = {"slim": {"every": every, "quality": quality, "source": str(clips.index.root)}}
   return _write_slim(clips, out, extra, lambda rec: slim_record(rec, every, quality), "slim",
                      clips_per_shard, progress)
@@ -88,7 +89,7 @@ def slim_motion(src: str | os.PathLike, out: str | os.PathLike, *,
   if not stats.is_file():
     raise VasaInputError(f"No motion_stats.json in {src}: pass the output directory of "
                          "`vasa-jax extract-motion`.")
-  clips = pipelines.ClipSource(src)
+  clips = input_pipeline.ClipSource(src)
   keep = set(audio_persons)
   unknown = keep - set(clips.index.persons)
   if unknown:
@@ -100,7 +101,7 @@ def slim_motion(src: str | os.PathLike, out: str | os.PathLike, *,
                      clips_per_shard, progress, copy_files=(stats,))
 
 
-def _write_slim(clips: pipelines.ClipSource, out, extra: dict, make, prefix: str,
+def _write_slim(clips: input_pipeline.ClipSource, out, extra: dict, make, prefix: str,
                 clips_per_shard: int, progress: bool, copy_files: Sequence[pathlib.Path] = ()
                 ) -> dict:
   """Writes `make(record)` of every clip into `clips_per_shard`-clip shards of a new `out`,

@@ -8,6 +8,7 @@ non-overlapping windows of W frames. Window i is conditioned on the last K gener
 window i - 1 and on their audio features (`carry`); the first window has `has_prev` False. The
 last window is zero-padded to W frames with `has_audio` False on the padding and trimmed after.
 Window i's noise comes from `fold_in(rng, i)`, so a streaming generator reproduces it exactly.
+`WindowLoop` is the one place that walks windows; offline and streaming generation both use it.
 
 Carry layout (chosen here): {"motion_prev": (B, K, Dm) generated motion, "audio_prev": (B, K, Da)
 *encoded* audio features (not raw log-mel rows: the encoder runs once per frame over the whole
@@ -26,7 +27,7 @@ are traced arguments, so changing them does not retrace.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -231,11 +232,97 @@ def pad_window(audio: jax.Array, start: int, window: int) -> tuple[jax.Array, ja
   return seg, jnp.arange(window) < n
 
 
+class WindowLoop:
+  """The window loop every generator shares: `sample_sequence`, `Pipeline.generate` and
+  `MotionStream` (streaming) all walk the audio through one of these.
+
+  It owns the window boundaries (window 0 emits `first_window` frames, every later one W), the
+  padding of a short window to W frames (audio masked), the carry (incl. `motion_anchor`) and the
+  per-window key fold_in(rng, i). Callers only supply each window's encoded audio, as soon as
+  they have it: all at once offline (`windows`), chunk by chunk when streaming (`step`).
+
+  Args:
+    sample_window_fn: from `make_sample_window`.
+    params: model parameters.
+    controls: from `make_controls` (batch 1).
+    rng: the sequence seed.
+    window: W.
+    context: K.
+    motion_dim: Dm.
+    audio_dim: Da.
+    cfg_audio, cfg_gaze: guidance scales.
+    first_window: frames emitted by window 0 (None = W).
+  """
+
+  def __init__(self, sample_window_fn: Callable, params, controls: dict, rng: jax.Array, *,
+               window: int, context: int, motion_dim: int, audio_dim: int,
+               cfg_audio: float | jax.Array = CFG_AUDIO, cfg_gaze: float | jax.Array = CFG_GAZE,
+               first_window: int | None = None):
+    first_window = window if first_window is None else int(first_window)
+    if not 1 <= first_window <= window:
+      raise ValueError(f"first_window must be in [1, {window}] (the window W), got {first_window}")
+    self._sample_window = sample_window_fn
+    self._params, self._controls, self._rng = params, controls, rng
+    self._cfg = (cfg_audio, cfg_gaze)
+    self.window, self.context, self.first_window = window, context, first_window
+    self.motion_dim = motion_dim
+    self.carry = initial_carry(1, context, motion_dim, audio_dim)
+    self.index = 0  # the next window
+    self.start = 0  # its first frame
+
+  @property
+  def length(self) -> int:
+    """Frames the next window emits when its audio is complete: F for window 0, W after."""
+    return self.first_window if self.index == 0 else self.window
+
+  def step(self, audio: jax.Array) -> jax.Array:
+    """Samples the next window from its encoded audio (m, Da), 1 <= m <= `length` (fewer only
+    for the last window), and returns its motion (m, Dm) as a device array (not waited for)."""
+    m = audio.shape[0]
+    if not 1 <= m <= self.length:
+      raise ValueError(f"window {self.index} takes 1..{self.length} frames of audio, got {m}")
+    seg, mask = pad_window(audio, 0, self.window)  # (W, Da), (W,)
+    prev_carry = self.carry
+    self.carry, motion = self._sample_window(
+        self._params, self.carry, seg[None], mask[None], self._controls,
+        jax.random.fold_in(self._rng, self.index), *self._cfg)
+    motion = motion[0, :m]  # (m, Dm)
+    if m < self.window:
+      # The sampler's carry holds the window's last K of W frames; after a short window most
+      # of those were never emitted, so continue from the frames that were.
+      self.carry = self._carry_from(motion, seg, prev_carry)
+    self.index += 1
+    self.start += m
+    return motion
+
+  def windows(self, audio: jax.Array) -> Iterator[jax.Array]:
+    """Yields the motion (m, Dm) of each window over all of (T, Da) encoded audio."""
+    while self.start < audio.shape[0]:
+      yield self.step(audio[self.start:self.start + self.length])
+
+  def _carry_from(self, motion: jax.Array, audio: jax.Array, prev_carry: dict) -> dict:
+    """The carry after emitting `motion` (m, Dm) with encoded audio `audio` (>= m, Da).
+
+    Shapes and dtypes match the sampler's own carry, so the next window reuses its compiled
+    code. With m < K there is no K-frame past: the first frame is repeated before it (a still
+    head before the stream started), which keeps the next window continuous, where dropping
+    the context (`has_prev` False, as training does that close to a clip start) would not.
+    """
+    m = motion.shape[0]
+    idx = np.clip(np.arange(m - self.context, m), 0, None)  # (K,) last K, first one repeated
+    carry = {"motion_prev": motion[idx][None],  # (1, K, Dm)
+             "audio_prev": audio[idx][None],  # (1, K, Da)
+             "has_prev": jnp.ones((1,), bool)}
+    if "motion_anchor" in prev_carry:  # the level of the frames emitted, as the sampler does
+      carry["motion_anchor"] = next_anchor(prev_carry, carry["motion_prev"])
+    return carry
+
+
 def sample_sequence(sample_window_fn: Callable, params, audio: jax.Array, controls: dict,
                     rng: jax.Array, *, window: int, context: int, motion_dim: int,
                     encode_fn: Callable | None = None, cfg_audio: float = CFG_AUDIO,
                     cfg_gaze: float = CFG_GAZE) -> jax.Array:
-  """Generates motion for audio of any length, window by window.
+  """Generates motion for audio of any length, window by window (`WindowLoop`).
 
   Args:
     sample_window_fn: from `make_sample_window`.
@@ -259,12 +346,8 @@ def sample_sequence(sample_window_fn: Callable, params, audio: jax.Array, contro
     audio = encode_fn(params, audio[None])[0]  # (T, Da)
   if audio.ndim != 2:
     raise ValueError(f"audio must be (T, Da) or (T, 4, 80), got {audio.shape}")
-  num_frames = audio.shape[0]
-  carry = initial_carry(1, context, motion_dim, audio.shape[1])
-  out = []
-  for i in range(window_count(num_frames, window)):
-    seg, mask = pad_window(audio, i * window, window)
-    carry, motion = sample_window_fn(params, carry, seg[None], mask[None], controls,
-                                     jax.random.fold_in(rng, i), cfg_audio, cfg_gaze)
-    out.append(motion[0])
-  return jnp.concatenate(out, axis=0)[:num_frames]
+  loop = WindowLoop(sample_window_fn, params, controls, rng, window=window, context=context,
+                    motion_dim=motion_dim, audio_dim=audio.shape[1], cfg_audio=cfg_audio,
+                    cfg_gaze=cfg_gaze)
+  out = list(loop.windows(audio))
+  return jnp.concatenate(out, axis=0) if out else jnp.zeros((0, motion_dim), jnp.float32)

@@ -107,9 +107,9 @@ def emotion_accuracy(probs: np.ndarray, emotion: str) -> dict[str, float]:
 
 
 def _emotion_of_name(path: str) -> str | None:
-  from vasa_jax.data import pipelines
-  idx = pipelines.emotion_from_name(os.path.basename(path))
-  name = None if idx is None else pipelines.EMOTIONS[idx]
+  from vasa_jax.data import input_pipeline
+  idx = input_pipeline.emotion_from_name(os.path.basename(path))
+  name = None if idx is None else input_pipeline.EMOTIONS[idx]
   return name if name in TO_FER else None
 
 

@@ -12,7 +12,7 @@ No rendering and no face detector: the test works in the motion space of stage 1
 2. For every clip of the evaluated split (default: the unseen persons), motion is generated from
    the clip's own audio features with the stage 2 model (`sampler.sample_sequence`, DDIM with
    `steps` steps, guidance 0.5 / 1.0, the clip's controls as the training pipeline builds them:
-   main gaze, `pipelines.distance_control` of the clip's face scale, emotion from the clip
+   main gaze, `input_pipeline.distance_control` of the clip's face scale, emotion from the clip
    name), de-normalised with `motion_stats.json`, and passed through the same regression.
 3. Figures per clip, then means over clips:
    - `gen_vs_label`: correlation of the generated mouth signal with the real `mouth_open`
@@ -33,7 +33,7 @@ No rendering and no face detector: the test works in the motion space of stage 1
      normalised units, averaged over the pose and the dynamics dimensions.
    Sync means use the clips with `has_speech` (all clips when none has it).
 4. The validation diffusion loss: `MotionTask.eval_step` (x0 and velocity MSE at random t with a
-   fixed key, no condition dropout) over the split's windows (`pipelines.make_motion_dataset`).
+   fixed key, no condition dropout) over the split's windows (`input_pipeline.make_motion_dataset`).
 
 Outputs (when `out` is given): `motion_lipsync.json` (figures, per clip, with the per-frame
 series) and `motion_lipsync.md`.
@@ -41,7 +41,6 @@ series) and `motion_lipsync.md`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 import time
@@ -53,11 +52,12 @@ import ml_collections
 import numpy as np
 
 from vasa_jax import config_utils, fileio, params_io
-from vasa_jax.data import audio_features, pipelines, records
+from vasa_jax.data import audio_features, input_pipeline, records
 from vasa_jax.diffusion import sampler
 from vasa_jax.errors import VasaInputError
 from vasa_jax.eval import lipsync, report
 from vasa_jax.eval.report import fmt
+from vasa_jax.eval.lipsync_stats import correlation, fit_ridge, predict_ridge, r2_score
 from vasa_jax.models import motion_dit
 from vasa_jax.train.motion_task import MotionTask
 from vasa_jax.train.state import TrainState
@@ -70,64 +70,6 @@ SIGNALS = ("generated", "real_motion", "label", "mismatched")
 
 
 # ------------------------------------------------------------------------------- ridge readout
-
-
-def _centre_groups(a: np.ndarray, groups: np.ndarray) -> np.ndarray:
-  out = np.array(a, np.float64)
-  for g in np.unique(groups):
-    sel = groups == g
-    out[sel] -= out[sel].mean(0)
-  return out
-
-
-def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = 1.0, *,
-              groups: np.ndarray | None = None) -> dict:
-  """Ridge regression y ~ x on standardised features (frames with a non-finite y are left out).
-
-  Args:
-    x: (N, D) features.
-    y: (N,) targets.
-    alpha: L2 penalty on the standardised weights.
-    groups: (N,) clip ids; when given, x and y are centred within each clip first, so the fit
-      explains changes within clips (mouth opening and closing) rather than differences between
-      clips (each person's resting mouth, framing). Predictions then carry an arbitrary offset
-      per clip; correlations and within-clip R^2 do not see it.
-
-  Returns:
-    {"mean" (D,), "std" (D,), "w" (D,), "b" ()} numpy arrays for `predict_ridge`.
-  """
-  x = np.asarray(x, np.float64)
-  y = np.asarray(y, np.float64)
-  ok = np.isfinite(y) & np.isfinite(x).all(1)
-  if ok.sum() < 2:
-    raise VasaInputError("Too few frames with a finite mouth_open label to fit the mouth "
-                         "readout; the training clips need face-mesh labels.")
-  x, y = x[ok], y[ok]
-  b = y.mean()
-  if groups is not None:
-    g = np.asarray(groups)[ok]
-    x, y = _centre_groups(x, g), _centre_groups(y, g) + b
-  mean, std = x.mean(0), np.maximum(x.std(0), 1e-8)
-  xs = (x - mean) / std
-  w = np.linalg.solve(xs.T @ xs + alpha * np.eye(x.shape[1]), xs.T @ (y - b))
-  return {"mean": mean, "std": std, "w": w, "b": b}
-
-
-def predict_ridge(model: dict, x: np.ndarray) -> np.ndarray:
-  """(N, D) -> (N,) float64."""
-  return ((np.asarray(x, np.float64) - model["mean"]) / model["std"]) @ model["w"] + model["b"]
-
-
-def r2_score(y: np.ndarray, y_hat: np.ndarray) -> float:
-  """Coefficient of determination over frames where both are finite (NaN when undefined)."""
-  y, y_hat = np.asarray(y, np.float64), np.asarray(y_hat, np.float64)
-  ok = np.isfinite(y) & np.isfinite(y_hat)
-  if ok.sum() < 2:
-    return float("nan")
-  ss_tot = ((y[ok] - y[ok].mean()) ** 2).sum()
-  if ss_tot <= 0:
-    return float("nan")
-  return float(1.0 - ((y[ok] - y_hat[ok]) ** 2).sum() / ss_tot)
 
 
 def readout_r2(ridge: dict, recs: Sequence[dict], name: str, *, within: bool) -> dict:
@@ -157,19 +99,6 @@ def readout_r2(ridge: dict, recs: Sequence[dict], name: str, *, within: bool) ->
   return {key: r2_score(y, h), f"{name}_frames": int(np.isfinite(y).sum())}
 
 
-def correlation(a: np.ndarray, b: np.ndarray) -> float:
-  """Pearson correlation over frames where both are finite; 0 when either does not vary."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  t = min(a.shape[0], b.shape[0])
-  a, b = a[:t], b[:t]
-  ok = np.isfinite(a) & np.isfinite(b)
-  if ok.sum() < 2:
-    return 0.0
-  a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-  den = math.sqrt(float((a * a).sum() * (b * b).sum()))
-  return float((a * b).sum() / den) if den > 1e-12 else 0.0
-
-
 # ------------------------------------------------------------------------------- data
 
 
@@ -184,20 +113,20 @@ def _envelope(rec: dict, t: int) -> np.ndarray:
 
 
 def _controls(rec: dict, scale_stats: tuple[float, float], emotion_dim: int) -> dict:
-  """The clip's controls as `pipelines._MotionElement` builds them for training."""
+  """The clip's controls as `input_pipeline._MotionElement` builds them for training."""
   gaze = None
   if "main_gaze" in rec:
     gaze = np.asarray(rec["main_gaze"], np.float32).reshape(2)
   elif "gaze" in rec:
-    gaze = pipelines.main_gaze(rec["gaze"])
+    gaze = input_pipeline.main_gaze(rec["gaze"])
   distance = None
   if "face_scale" in rec:
     # One control for the whole sequence: the clip's mean face scale (training uses each
     # window's), with the pipeline's sign convention (further away = larger).
-    distance = np.asarray([pipelines.distance_control(rec["face_scale"], *scale_stats)],
+    distance = np.asarray([input_pipeline.distance_control(rec["face_scale"], *scale_stats)],
                           np.float32)
   emotion = None
-  label = pipelines.emotion_from_name(str(rec.get("clip", "")))
+  label = input_pipeline.emotion_from_name(str(rec.get("clip", "")))
   if label is not None and label < emotion_dim:
     emotion = np.zeros((emotion_dim,), np.float32)
     emotion[label] = 1.0
@@ -206,7 +135,7 @@ def _controls(rec: dict, scale_stats: tuple[float, float], emotion_dim: int) -> 
 
 def _num_windows(frames: Sequence[int], window: int, context: int) -> int:
   """How many windows the stage 2 pipeline cuts from clips of these lengths."""
-  return sum(len(pipelines.window_starts(t, window, context)) for t in frames)
+  return sum(len(input_pipeline.window_starts(t, window, context)) for t in frames)
 
 
 def _check_latent(latent_checkpoint, motion_config, index: records.ClipIndex) -> dict:
@@ -269,7 +198,7 @@ def validation_loss(config, params, motion_dir, split: str, val_persons: Sequenc
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None)
   step = jax.jit(task.eval_step)
   sums: dict[str, float] = {}
-  it = iter(pipelines.make_motion_dataset(config, split, 0, 1))
+  it = iter(input_pipeline.make_motion_dataset(config, split, 0, 1))
   for _ in range(n):
     m = jax.device_get(step(state, next(it)))
     for k, v in m.items():
@@ -333,18 +262,19 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
                  if latent_ckpt_or_none is not None else None)
   # The persons split as training split them (val_persons, val_fraction_persons, shuffle_seed),
   # unless `val_persons` names them; configured persons absent from this data are skipped.
-  split_kw = (pipelines.split_args(config.data) if val_persons is None
+  split_kw = (input_pipeline.split_args(config.data) if val_persons is None
               else {"val_persons": list(val_persons)})
   split_kw["val_persons"] = [p for p in split_kw["val_persons"] if p in set(index.persons)]
-  val_persons = pipelines.split_persons(index, **split_kw)[1]
+  val_persons = input_pipeline.split_persons(index, **split_kw)[1]
   split_kw = {"val_persons": val_persons}
-  source = pipelines.ClipSource(index)
+  source = input_pipeline.ClipSource(index)
   pos = {e["clip"]: k for k, e in enumerate(index.clips)}
 
   # 1. Mouth readout on the training persons' real motion, fitted within clips (every figure
   # below is per clip and blind to a clip's offset); a plain fit gives the plain R^2 for
   # reference.
-  train_recs = [source[pos[e["clip"]]] for e in pipelines.split_entries(index, "train", **split_kw)]
+  train_recs = [source[pos[e["clip"]]]
+                for e in input_pipeline.split_entries(index, "train", **split_kw)]
   x = np.concatenate([_motion(r) for r in train_recs])
   y = np.concatenate([np.asarray(r["mouth_open"], np.float64) for r in train_recs])
   groups = np.concatenate([np.full(len(r["mouth_open"]), k) for k, r in enumerate(train_recs)])
@@ -356,7 +286,8 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
                 **readout_r2(plain, train_recs, "train", within=False)}
   del train_recs
   if val_persons:
-    val_recs = [source[pos[e["clip"]]] for e in pipelines.split_entries(index, "val", **split_kw)]
+    val_recs = [source[pos[e["clip"]]]
+                for e in input_pipeline.split_entries(index, "val", **split_kw)]
     ridge_info.update(readout_r2(ridge, val_recs, "val", within=True))
     ridge_info.update(readout_r2(plain, val_recs, "val", within=False))
   else:
@@ -367,14 +298,14 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
                             for d in np.argsort(-np.abs(ridge["w"]))[:5]]
 
   # 2. Generation for every clip of the split.
-  entries = pipelines.split_entries(index, split, **split_kw)
+  entries = input_pipeline.split_entries(index, split, **split_kw)
   if max_clips is not None:
     entries = entries[:max_clips]
   model = motion_dit.build_motion_model(config)
   denoise_fn, encode_fn = motion_dit.make_apply_fns(model)
   sample_fn = sampler.make_sample_window(denoise_fn, config, steps=steps)
   encode = jax.jit(encode_fn)
-  scale_stats = pipelines.face_scale_stats(source)
+  scale_stats = input_pipeline.face_scale_stats(source)
   rng = jax.random.key(seed)
   recs = [source[pos[e["clip"]]] for e in entries]
   envs = [_envelope(r, _motion(r).shape[0]) for r in recs]

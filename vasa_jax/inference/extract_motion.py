@@ -23,7 +23,7 @@ from vasa_jax import fileio, params_io
 from vasa_jax.data import records
 from vasa_jax.errors import VasaInputError
 from vasa_jax.image_ops import to_float_image
-from vasa_jax.inference.pipeline import PIPELINE_FILE
+from vasa_jax.inference.pipeline_io import PIPELINE_FILE
 from vasa_jax.models import motion_labels
 from vasa_jax.models.face_model import FaceModel
 

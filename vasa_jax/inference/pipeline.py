@@ -21,33 +21,27 @@ R x R crops.
 from __future__ import annotations
 
 import dataclasses
-import json
+import importlib
+import itertools
 import os
-import pathlib
 import time
 from typing import Any, Iterable, Iterator
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vasa_jax import params_io
 from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from vasa_jax.data import face_crop, face_labels, media
 from vasa_jax.diffusion import sampler as sampler_lib
 from vasa_jax.errors import CheckpointError, VasaInputError
-from vasa_jax.fileio import atomic_write_text
 from vasa_jax.image_ops import to_uint8_image
 from vasa_jax.inference import paste_back
 from vasa_jax.inference.controls import check_controls
 from vasa_jax.inference.streaming import SAMPLE_LOOKAHEAD
 from vasa_jax.models import face_model, layers, motion_dit, motion_labels
 from vasa_jax.models.face_model import FaceModel
-from vasa_jax.models.layers import fast_init_key
 
-PIPELINE_FILE = "pipeline.json"
-DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parent.parent / "assets" / "demo"
 EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
 
 
@@ -145,6 +139,13 @@ class Pipeline:
       portrait's own (1 = as sampled; None: 1). A decoder that renders mouth changes too weakly
       (the demo's) shows more of the sampled speech motion with a gain above 1; like SadTalker's
       `expression_scale`, but on the one entry the face mesh labels (`motion_labels`).
+
+  Jitted building blocks (public, so benchmarks and tools time them as generation runs them):
+    encode_portrait(latent_params, (1, R, R, 3) uint8, labels, valid) -> v_can, z_id, z_pose,
+      z_dyn; encode_audio(motion_params, (1, T, 4, 80)) -> (1, T, Da);
+    denoise_fn(motion_params, x_t, t, cond) -> x0 (not jitted alone; `sample_window_fn` is);
+    render(latent_params, v_can, z_id, z_pose (n, 6), z_dyn (n, Zd)) -> (n, R, R, 3) uint8;
+    render_paste(..., target.tree()) -> (n, H, W, 3) uint8 pasted back into the photo.
   """
 
   def __init__(self, latent_config, latent_params, motion_config, motion_params, motion_stats,
@@ -184,10 +185,10 @@ class Pipeline:
     self.face_model = FaceModel(latent_config.model, dtype=self.compute_dtype)
     self._face_cfg = layers.as_face_config(latent_config.model)
     self.motion_model = motion_dit.build_motion_model(motion_config, dtype=self.compute_dtype)
-    self._denoise_fn, encode_fn = motion_dit.make_apply_fns(self.motion_model)
+    self.denoise_fn, encode_fn = motion_dit.make_apply_fns(self.motion_model)
     self.audio_receptive_past = int(self.motion_model.audio_encoder.receptive_past)
     self.audio_lookahead = int(self.motion_model.audio_encoder.lookahead)
-    self._encode_audio = jax.jit(encode_fn)
+    self.encode_audio = jax.jit(encode_fn)
     self._samplers: dict[int, Any] = {}
     face = self.face_model
 
@@ -206,7 +207,7 @@ class Pipeline:
     def render_paste(params, v_can, z_id, z_pose, z_dyn, target):  # target: PasteTarget.tree()
       return paste_back.paste(render(params, v_can, z_id, z_pose, z_dyn), *target)
 
-    self._encode_portrait, self._render, self._render_paste = encode_portrait, render, render_paste
+    self.encode_portrait, self.render, self.render_paste = encode_portrait, render, render_paste
 
   # -- building blocks ---------------------------------------------------------------------
 
@@ -215,8 +216,18 @@ class Pipeline:
     steps = int(steps or self.steps)
     if steps not in self._samplers:
       self._samplers[steps] = self._sampler_lib.make_sample_window(
-          self._denoise_fn, self.motion_config, steps=steps)
+          self.denoise_fn, self.motion_config, steps=steps)
     return self._samplers[steps]
+
+  def window_loop(self, kw: dict, audio_dim: int) -> sampler_lib.WindowLoop:
+    """The offline `sampler.WindowLoop` for `generate`'s keyword arguments `kw` (controls,
+    guidance, steps, seed)."""
+    cfg_audio, cfg_gaze = self._guidance(kw["cfg_audio"], kw["cfg_gaze"])
+    return self._sampler_lib.WindowLoop(
+        self.sample_window_fn(kw["steps"]), self.motion_params,
+        self.controls(kw["gaze"], kw["distance"], kw["emotion"]), jax.random.key(kw["seed"]),
+        window=self.window, context=self.context, motion_dim=self.motion_dim,
+        audio_dim=audio_dim, cfg_audio=cfg_audio, cfg_gaze=cfg_gaze)
 
   def stream_buffering_s(self, first_window: int | None = None,
                          chunk_samples: int | None = None) -> float:
@@ -258,7 +269,7 @@ class Pipeline:
     face = face_crop.crop_image(img, self.resolution, source=source, face_index=face_index)
     labels, valid = face_labels.landmark_labels(face.landmarks[None], self.resolution,
                                                 self._face_cfg)
-    v_can, z_id, z_pose, z_dyn = self._encode_portrait(self.latent_params, face.image[None],
+    v_can, z_id, z_pose, z_dyn = self.encode_portrait(self.latent_params, face.image[None],
                                                        labels, valid)
     return Portrait(crop=face.image, v_can=v_can, z_id=z_id, z_pose=z_pose, z_dyn=z_dyn,
                     photo=img, box=face.box, landmarks=face.landmarks)
@@ -319,8 +330,8 @@ class Pipeline:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - chunk.shape[0], 0)])
       args = (self.latent_params, portrait.v_can, portrait.z_id, jnp.asarray(chunk[:, :p]),
               jnp.asarray(chunk[:, p:]))
-      chunks.append(self._render(*args) if target is None else
-                    self._render_paste(*args, target.tree()))
+      chunks.append(self.render(*args) if target is None else
+                    self.render_paste(*args, target.tree()))
     return chunks
 
   def host_frames(self, chunks: list[jax.Array], n: int) -> Iterator[np.ndarray]:
@@ -431,24 +442,15 @@ class Pipeline:
     t1 = time.perf_counter()
     num_frames = run.num_frames
     feats = audio_features.log_mel(run.wav, num_frames=num_frames)  # (T, 4, 80)
-    encoded = self._encode_audio(self.motion_params, jnp.asarray(feats)[None])[0]  # (T, Da)
-    controls = self.controls(kw["gaze"], kw["distance"], kw["emotion"])
-    cfg_audio, cfg_gaze = self._guidance(kw["cfg_audio"], kw["cfg_gaze"])
-    sample = self.sample_window_fn(kw["steps"])
-    sl = self._sampler_lib
-    carry = sl.initial_carry(1, self.context, self.motion_dim, encoded.shape[-1])
-    rng = jax.random.key(kw["seed"])
-    n_windows = sl.window_count(num_frames, self.window)
+    encoded = self.encode_audio(self.motion_params, jnp.asarray(feats)[None])[0]  # (T, Da)
+    loop = self.window_loop(kw, encoded.shape[-1])
     bar = tqdm(total=num_frames, unit="frame", desc="generate", disable=not progress)
     pending = None
-    for i in range(n_windows + 1):
+    for motion in itertools.chain(loop.windows(encoded), [None]):
       chunks = None
-      if i < n_windows:
-        seg, mask = sl.pad_window(encoded, i * self.window, self.window)
-        carry, motion = sample(self.motion_params, carry, seg[None], mask[None], controls,
-                               jax.random.fold_in(rng, i), cfg_audio, cfg_gaze)
-        m = min(self.window, num_frames - i * self.window)
-        motion = self.denormalize(np.asarray(motion[0, :m]), portrait, kw["mouth_scale"])
+      if motion is not None:
+        m = motion.shape[0]
+        motion = self.denormalize(np.asarray(motion), portrait, kw["mouth_scale"])
         run.motions.append(motion)
         chunks = (self.render_chunks(portrait, motion, target), m)
       if pending is not None:  # waits for one window's frames; the next one is queued
@@ -492,7 +494,7 @@ class Pipeline:
     da = int(self.motion_config.model.audio_width)
     cfg_audio, cfg_gaze = self._guidance(cfg_audio, cfg_gaze)
     stream = MotionStream(
-        self.sample_window_fn(steps), self.motion_params, self._encode_audio,
+        self.sample_window_fn(steps), self.motion_params, self.encode_audio,
         self.controls(gaze, distance, emotion), jax.random.key(seed), window=self.window,
         context=self.context, motion_dim=self.motion_dim, audio_dim=da,
         receptive_past=self.audio_receptive_past, lookahead=self.audio_lookahead,
@@ -535,124 +537,15 @@ class _Run:
                  "fps": self.num_frames / max(self.t2 - self.t1, 1e-9)})
 
 
-def save_pipeline(out_dir, latent_config, latent_params, motion_config, motion_params,
-                  motion_stats, *, dtype: str = "bfloat16", steps: int | None = None,
-                  cfg_audio: float | None = None, cfg_gaze: float | None = None,
-                  mouth_scale: float | None = None):
-  """Writes a self-describing pipeline directory (latent/, motion/, pipeline.json) with the
-  default sampling steps and guidance scales (None: the motion config's) and mouth scale
-  (None: 1)."""
-  check_controls(steps=steps, cfg_audio=cfg_audio, cfg_gaze=cfg_gaze, mouth_scale=mouth_scale)
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  params_io.export_params(latent_params, latent_config, out / "latent", dtype=dtype)
-  params_io.export_params(motion_params, motion_config, out / "motion", dtype=dtype)
-  meta = {"format": "vasa-jax-pipeline", "version": 1,
-          "motion_stats": {"mean": [float(v) for v in motion_stats["mean"]],
-                           "std": [float(v) for v in motion_stats["std"]]},
-          "steps": int(steps or motion_config.diffusion.sample_steps),
-          "cfg_audio": float(motion_config.diffusion.cfg_audio if cfg_audio is None
-                             else cfg_audio),
-          "cfg_gaze": float(motion_config.diffusion.cfg_gaze if cfg_gaze is None else cfg_gaze),
-          "mouth_scale": check_mouth_scale(1.0 if mouth_scale is None else mouth_scale)}
-  atomic_write_text(out / PIPELINE_FILE, json.dumps(meta, indent=1))
-  return out
+# Saving/loading pipeline directories and random-weight pipelines live in their own modules;
+# their names stay importable from here (`from vasa_jax.inference.pipeline import load_pipeline`).
+_MOVED = {"PIPELINE_FILE": "pipeline_io", "DEFAULT_CHECKPOINT": "pipeline_io",
+          "save_pipeline": "pipeline_io", "load_pipeline": "pipeline_io",
+          "init_random_params": "random_weights", "init_motion_params": "random_weights",
+          "inference_knobs": "random_weights", "random_pipeline": "random_weights"}
 
 
-def load_pipeline(path: str | os.PathLike | None = None, **kwargs) -> Pipeline:
-  """Loads a pipeline directory (default: the bundled demo checkpoint).
-
-  Args:
-    path: a directory written by `vasa-jax export` / `save_pipeline`.
-    **kwargs: passed to `Pipeline` (steps, cfg_audio, cfg_gaze, mouth_scale, pose_mode,
-      compute_dtype, render_batch); the first four default to the values stored with the
-      pipeline.
-  """
-  p = pathlib.Path(path).expanduser() if path is not None else DEFAULT_CHECKPOINT
-  meta_path = p / PIPELINE_FILE
-  if not meta_path.is_file():
-    hint = ("the bundled demo checkpoint is missing from this install; reinstall vasa-jax"
-            if path is None else "pass a directory written by `vasa-jax export`")
-    raise CheckpointError(f"No pipeline checkpoint at {p} ({PIPELINE_FILE} not found): {hint}.")
-  meta = _read_pipeline_meta(meta_path)
-  latent_config, latent_params = params_io.load_exported(p / "latent")
-  motion_config, motion_params = params_io.load_exported(p / "motion")
-  for k in ("steps", "cfg_audio", "cfg_gaze", "mouth_scale"):  # older directories lack some
-    kwargs.setdefault(k, meta.get(k))
-  try:
-    return Pipeline(latent_config, latent_params, motion_config, motion_params,
-                    meta["motion_stats"], **kwargs)
-  except (KeyError, TypeError, AttributeError) as e:  # a config.json missing fields
-    raise CheckpointError(f"{p} does not fit this version of vasa-jax: its config.json lacks or "
-                          f"mistypes {e}. Re-export the checkpoint.") from None
-
-
-def _read_pipeline_meta(meta_path: pathlib.Path) -> dict:
-  """pipeline.json, checked: valid JSON, motion statistics of equal length, sane defaults."""
-  fix = "Re-export the checkpoint (vasa-jax export) or restore the file."
-  try:
-    meta = json.loads(meta_path.read_text())
-  except (ValueError, UnicodeDecodeError) as e:
-    raise CheckpointError(f"{meta_path} is not valid JSON ({e}). {fix}") from None
-  stats = meta.get("motion_stats") if isinstance(meta, dict) else None
-  try:
-    ok = (len(stats["mean"]) == len(stats["std"]) > 0
-          and np.all(np.isfinite(np.asarray(stats["mean"] + stats["std"], np.float64)))
-          and min(stats["std"]) > 0)
-  except (TypeError, KeyError, ValueError):
-    ok = False
-  if not ok:
-    raise CheckpointError(f"{meta_path} lacks valid motion_stats (mean and std lists of equal "
-                          f"length, std > 0). {fix}")
-  try:
-    check_controls(steps=meta.get("steps"), cfg_audio=meta.get("cfg_audio"),
-                   cfg_gaze=meta.get("cfg_gaze"), mouth_scale=meta.get("mouth_scale"))
-  except VasaInputError as e:
-    raise CheckpointError(f"{meta_path}: stored default {e} {fix}") from None
-  return meta
-
-
-def init_random_params(latent_config, motion_config, seed: int = 0):
-  """Randomly initialised (unboxed) stage 1 and stage 2 parameters, for tests and benchmarks."""
-  r = int(latent_config.model.resolution)
-  img = jnp.zeros((1, r, r, 3), jnp.float32)
-  k_lat, k_mot = jax.random.split(fast_init_key(jax.random.key(seed)))
-  latent_params = jax.jit(FaceModel(latent_config.model).init)(k_lat, img, img)["params"]
-  motion_params = init_motion_params(motion_config, k_mot)
-  return nn.unbox(latent_params), nn.unbox(motion_params)
-
-
-def init_motion_params(motion_config, rng):
-  """Randomly initialised (boxed) MotionModel parameters for a `configs/motion.py` config."""
-  m, e = motion_config.model, int(motion_config.model.emotion_dim)
-  w, k = int(m.window), int(m.context)
-  batch = {"motion": np.zeros((1, w, int(m.motion_dim)), np.float32),
-           "motion_prev": np.zeros((1, k, int(m.motion_dim)), np.float32),
-           "audio": np.zeros((1, w, 4, 80), np.float32),
-           "audio_prev": np.zeros((1, k, 4, 80), np.float32),
-           "has_prev": np.zeros((1,), bool), "gaze": np.zeros((1, 2), np.float32),
-           "distance": np.zeros((1, 1), np.float32), "emotion": np.zeros((1, e), np.float32),
-           "emotion_mask": np.zeros((1,), bool)}
-  cond = motion_dit.batch_cond(batch, motion_dit.full_masks(batch, w))
-  model = motion_dit.build_motion_model(motion_config)
-  return jax.jit(model.init)(rng, jnp.asarray(batch["motion"]), jnp.zeros((1,), jnp.int32),
-                             cond)["params"]
-
-
-def inference_knobs(config) -> dict:
-  """`Pipeline` keyword arguments a `configs/demo.py` config sets (compute_dtype,
-  render_batch)."""
-  inf = config.inference
-  return {"compute_dtype": inf.get("compute_dtype", "float32"),
-          "render_batch": inf.get("render_batch", 0)}
-
-
-def random_pipeline(config, seed: int = 0, **kwargs) -> Pipeline:
-  """A pipeline with random weights from a `configs/demo.py` config (speed and shape checks)."""
-  latent_params, motion_params = init_random_params(config.latent, config.motion, seed)
-  dm = int(config.motion.model.motion_dim)
-  stats = {"mean": [0.0] * dm, "std": [1.0] * dm}
-  kwargs.setdefault("steps", config.inference.steps)
-  for k, v in inference_knobs(config).items():
-    kwargs.setdefault(k, v)
-  return Pipeline(config.latent, latent_params, config.motion, motion_params, stats, **kwargs)
+def __getattr__(name: str):
+  if name in _MOVED:
+    return getattr(importlib.import_module(f"vasa_jax.inference.{_MOVED[name]}"), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

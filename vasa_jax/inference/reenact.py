@@ -16,7 +16,8 @@ from vasa_jax.constants import FPS, SAMPLE_RATE
 from vasa_jax.data import face_crop, face_labels, media
 from vasa_jax.image_ops import to_float_image, to_uint8_image
 from vasa_jax.inference.extract_motion import load_face_model
-from vasa_jax.inference.pipeline import DEFAULT_CHECKPOINT, broadcast_batch
+from vasa_jax.inference.pipeline import broadcast_batch
+from vasa_jax.inference.pipeline_io import DEFAULT_CHECKPOINT
 from vasa_jax.models import layers, motion_labels as ml
 from vasa_jax.models.face_model import FaceModel, encode_portrait
 

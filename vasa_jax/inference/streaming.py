@@ -1,7 +1,8 @@
 """Streaming motion generation: audio in, motion windows out as soon as they can be made.
 
-`MotionStream` reproduces `vasa_jax.diffusion.sampler.sample_sequence` exactly (same windows,
-same per-window keys fold_in(rng, i), same encoder features) while audio arrives in chunks:
+`MotionStream` reproduces `vasa_jax.diffusion.sampler.sample_sequence` exactly (the same
+`sampler.WindowLoop` walks the windows, so the same boundaries, carry and per-window keys
+fold_in(rng, i); same encoder features) while audio arrives in chunks:
 
 - audio is accepted as log-mel feature frames (n, 4, 80), or as raw 16 kHz samples (n,), which are
   turned into feature frames incrementally with `vasa_jax.data.audio_features.log_mel` (a frame's
@@ -67,29 +68,24 @@ class MotionStream:
                rng: jax.Array, *, window: int, context: int, motion_dim: int, audio_dim: int,
                receptive_past: int, lookahead: int = 0, cfg_audio: float = CFG_AUDIO,
                cfg_gaze: float = CFG_GAZE, first_window: int | None = None):
-    first_window = window if first_window is None else int(first_window)
-    if not 1 <= first_window <= window:
-      raise ValueError(f"first_window must be in [1, {window}] (the window W), got {first_window}")
-    self._sample_window = sample_window_fn
+    self._loop = sampler_lib.WindowLoop(
+        sample_window_fn, params, controls, rng, window=window, context=context,
+        motion_dim=motion_dim, audio_dim=audio_dim, cfg_audio=cfg_audio, cfg_gaze=cfg_gaze,
+        first_window=first_window)
     self._params = params
     self._encode = encode_fn
-    self._controls = controls
-    self._rng = rng
-    self.window, self.context, self.first_window = window, context, first_window
+    self.window, self.context, self.first_window = window, context, self._loop.first_window
     self.receptive_past, self.lookahead = receptive_past, lookahead
     # The encoder shifts its input left by `lookahead` frames before its causal stack, so a
     # buffer needs receptive_past + lookahead frames before the first frame whose features it
     # must get right (the first `lookahead` buffer frames only reach outputs before the buffer).
     self._left = receptive_past + lookahead
-    self._cfg = (cfg_audio, cfg_gaze)
-    self._carry = sampler_lib.initial_carry(1, context, motion_dim, audio_dim)
+    self._motion_dim = motion_dim
     self._feats = np.zeros((0, ROWS_PER_FRAME, N_MELS), np.float32)  # kept frames
     self._feat_start = 0  # absolute index of self._feats[0]
     self._samples = np.zeros((0,), np.float32)  # raw samples not yet all turned into frames
     self._sample_start = 0  # absolute sample index of self._samples[0]
     self._frames_from_samples = 0
-    self._next_window = 0
-    self._next_start = 0  # absolute first frame of the next window
     self._flushed = False
 
   @property
@@ -114,7 +110,7 @@ class MotionStream:
       raise ValueError(f"push expects (n, {ROWS_PER_FRAME}, {N_MELS}) feature frames or (n,) "
                        f"samples, got {audio.shape}")
     out = []
-    while self._next_start + self._window_len() + self.lookahead <= self.frames_received:
+    while self._loop.start + self._loop.length + self.lookahead <= self.frames_received:
       out.append(self._emit(final=False))
     return self._join(out)
 
@@ -126,17 +122,14 @@ class MotionStream:
       self._add_samples(np.zeros((0,), np.float32), final=True)
     self._flushed = True
     out = []
-    while self._next_start < self.frames_received:
+    while self._loop.start < self.frames_received:
       out.append(self._emit(final=True))
-    if not out and self._next_window == 0:  # empty stream: offline gives (0, Dm) too
-      return self._join([])
-    return self._join(out)
+    return self._join(out)  # an empty stream gives (0, Dm), as offline does
 
   # -- internals -----------------------------------------------------------------------------
 
   def _join(self, parts):
-    dm = self._carry["motion_prev"].shape[-1]
-    return np.concatenate(parts, 0) if parts else np.zeros((0, dm), np.float32)
+    return np.concatenate(parts, 0) if parts else np.zeros((0, self._motion_dim), np.float32)
 
   def _add_frames(self, frames: np.ndarray):
     self._feats = np.concatenate([self._feats, frames], 0)
@@ -167,10 +160,6 @@ class MotionStream:
     self._samples = self._samples[keep_from - self._sample_start:]
     self._sample_start = keep_from
 
-  def _window_len(self) -> int:
-    """Frames the next window emits when complete: F for window 0, W after."""
-    return self.first_window if self._next_window == 0 else self.window
-
   def _encoded_window(self, start: int, end: int, final: bool) -> jax.Array:
     """Encoded audio of frames [start, end), (end - start, Da), as offline encoding gives it."""
     enc_start = max(0, start - self._left)
@@ -190,44 +179,15 @@ class MotionStream:
     return feats[start - enc_start:end - enc_start]
 
   def _emit(self, final: bool) -> np.ndarray:
-    i, start = self._next_window, self._next_start
-    end = min(start + self._window_len(), self.frames_received)
-    feats = self._encoded_window(start, end, final)  # (m, Da)
-    seg, mask = sampler_lib.pad_window(feats, 0, self.window)  # (W, Da), (W,)
-    prev_carry = self._carry
-    self._carry, motion = self._sample_window(
-        self._params, self._carry, seg[None], mask[None], self._controls,
-        jax.random.fold_in(self._rng, i), *self._cfg)
-    motion = np.asarray(motion[0, :end - start])  # (m, Dm)
-    if end - start < self.window:
-      # The sampler's carry holds the window's last K of W frames; after a short first window
-      # most of those were never emitted, so continue from the frames that were.
-      self._carry = self._carry_from(motion, np.asarray(seg), prev_carry)
-    self._next_window += 1
-    self._next_start = end
+    start = self._loop.start
+    end = min(start + self._loop.length, self.frames_received)
+    motion = np.asarray(self._loop.step(self._encoded_window(start, end, final)))  # (m, Dm)
     # Keep only the feature frames later windows can still need.
     drop = max(0, end - self._left) - self._feat_start
     if drop > 0:
       self._feats = self._feats[drop:]
       self._feat_start += drop
     return motion
-
-  def _carry_from(self, motion: np.ndarray, audio: np.ndarray, prev_carry: dict) -> dict:
-    """The carry after emitting `motion` (m, Dm) with encoded audio `audio` (>= m, Da).
-
-    Shapes and dtypes match the sampler's own carry, so the next window reuses its compiled
-    code. With m < K there is no K-frame past: the first frame is repeated before it (a still
-    head before the stream started), which keeps the next window continuous, where dropping
-    the context (`has_prev` False, as training does that close to a clip start) would not.
-    """
-    m = motion.shape[0]
-    idx = np.clip(np.arange(m - self.context, m), 0, None)  # (K,) last K, first one repeated
-    carry = {"motion_prev": jnp.asarray(motion[idx][None]),  # (1, K, Dm)
-             "audio_prev": jnp.asarray(audio[idx][None]),  # (1, K, Da)
-             "has_prev": jnp.ones((1,), bool)}
-    if "motion_anchor" in prev_carry:  # the level of the frames emitted, as the sampler does
-      carry["motion_anchor"] = sampler_lib.next_anchor(prev_carry, carry["motion_prev"])
-    return carry
 
 
 def make_stream(model, params, config, controls: dict, rng: jax.Array, *,

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vasa_jax.data import pipelines
+from vasa_jax.data import input_pipeline
 from vasa_jax.errors import VasaInputError
 from vasa_jax.image_ops import to_float_image, to_uint8_image
 from vasa_jax.models import layers
@@ -33,7 +33,7 @@ from vasa_jax.train.state import TrainState
 IMAGE_KEYS = ("source", "driver", "driver2", "other")
 _WEIGHTS = ("l1", "pyramid", "ssim", "vgg", "adversarial", "feature_matching", "consistency",
             "cross_id", "contrastive", "pose_label", "mouth_label", "mouth_l1") + L.FACE_LOSSES
-# Label vectors of source, driver, driver2 (`vasa_jax.data.pipelines`); optional in a batch.
+# Label vectors of source, driver, driver2 (`vasa_jax.data.input_pipeline`); optional in a batch.
 LABEL_KEYS = ("motion_labels", "labels_valid")
 MOUTH_BOX = "mouth_box"  # (B, 3, 4) of source, driver, driver2 (`face_labels.mouth_box`)
 
@@ -328,8 +328,8 @@ class LatentTask:
   # ------------------------------------------------------------------------------ data
 
   def make_dataset(self, split: str, process_index: int, process_count: int):
-    """Host-local batches {source, driver, driver2, other} from `vasa_jax.data.pipelines`."""
-    return pipelines.make_dataset(self.config, split, process_index, process_count)
+    """Host-local batches {source, driver, driver2, other} from `vasa_jax.data.input_pipeline`."""
+    return input_pipeline.make_dataset(self.config, split, process_index, process_count)
 
 
 def _host(x) -> np.ndarray:

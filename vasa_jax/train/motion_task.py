@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vasa_jax.data import pipelines
+from vasa_jax.data import input_pipeline
 from vasa_jax.diffusion import schedule as schedule_lib
 from vasa_jax.models import motion_labels
 from vasa_jax.models.motion_dit import batch_cond, build_motion_model, full_masks
@@ -121,8 +121,8 @@ class MotionTask:
     return {"loss": loss, **parts}
 
   def make_dataset(self, split: str, process_index: int, process_count: int):
-    """Host-local grain batches of stage 2 windows (`vasa_jax.data.pipelines`)."""
-    return pipelines.make_dataset(self.config, split, process_index, process_count)
+    """Host-local grain batches of stage 2 windows (`vasa_jax.data.input_pipeline`)."""
+    return input_pipeline.make_dataset(self.config, split, process_index, process_count)
 
   def sample_images(self, state: TrainState, batch):
     """Stage 2 has no images to show."""

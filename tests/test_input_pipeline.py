@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vasa_jax.config_utils import load_config
-from vasa_jax.data import pipelines
+from vasa_jax.data import input_pipeline
 from vasa_jax.errors import VasaInputError
 
 
@@ -28,7 +28,7 @@ def _assert_same_batches(a, b):
 
 
 def test_latent_element_spec(latent_config):
-  batch = next(iter(pipelines.make_dataset(latent_config, "train", 0, 1)))
+  batch = next(iter(input_pipeline.make_dataset(latent_config, "train", 0, 1)))
   r, b = latent_config.model.resolution, latent_config.train.batch_size
   images = ["driver", "driver2", "other", "source"]
   assert sorted(batch) == sorted(images + ["labels_valid", "motion_labels", "mouth_box"])
@@ -44,7 +44,7 @@ def test_latent_element_spec(latent_config):
 
 def test_motion_element_spec(motion_config):
   c = motion_config
-  batch = next(iter(pipelines.make_dataset(c, "train", 0, 1)))
+  batch = next(iter(input_pipeline.make_dataset(c, "train", 0, 1)))
   b, w, k, dm = c.train.batch_size, c.data.window, c.data.context, c.model.motion_dim
   assert batch["motion"].shape == (b, w, dm) and batch["motion_prev"].shape == (b, k, dm)
   assert batch["audio"].shape == (b, w, 4, 80) and batch["audio_prev"].shape == (b, k, 4, 80)
@@ -61,12 +61,12 @@ def test_motion_element_spec(motion_config):
 @pytest.mark.parametrize("stage", ["latent", "motion"])
 def test_iterator_resumes_exactly(stage, latent_config, motion_config):
   config = latent_config if stage == "latent" else motion_config
-  it = iter(pipelines.make_dataset(config, "train", 0, 1))
+  it = iter(input_pipeline.make_dataset(config, "train", 0, 1))
   for _ in range(3):
     next(it)
   state = it.get_state()
   want = [next(it) for _ in range(2)]
-  it2 = iter(pipelines.make_dataset(config, "train", 0, 1))
+  it2 = iter(input_pipeline.make_dataset(config, "train", 0, 1))
   it2.set_state(state)
   for w in want:
     _assert_same_batches(next(it2), w)
@@ -76,8 +76,9 @@ def test_epochs_are_reshuffled(motion_config):
   # Synthetic motion: 8 clips x 64 frames, W=16 -> a handful of windows per epoch; the second
   # epoch must not repeat the first one's order.
   motion_config.train.batch_size = 1
-  _, n = pipelines._motion_parts(motion_config, "train", True)  # pylint: disable=protected-access
-  it = iter(pipelines.make_dataset(motion_config, "train", 0, 1))
+  # pylint: disable-next=protected-access
+  _, n = input_pipeline._motion_parts(motion_config, "train", True)
+  it = iter(input_pipeline.make_dataset(motion_config, "train", 0, 1))
   batches = [next(it)["motion"] for _ in range(2 * n)]
   first, second = np.stack(batches[:n]), np.stack(batches[n:])
   assert not np.array_equal(first, second)
@@ -87,12 +88,12 @@ def test_hosts_get_disjoint_elements(latent_config):
   latent_config.data.augment = False
   seen = []
   for p in range(2):
-    ds, total = pipelines.latent_element_dataset(latent_config, "train", p, 2)
+    ds, total = input_pipeline.latent_element_dataset(latent_config, "train", p, 2)
     seen.append({ds[i]["source"].tobytes() for i in range(len(ds))})
   assert len(seen[0]) + len(seen[1]) == total  # every frame once, no duplicates
   assert not seen[0] & seen[1]
-  b0 = next(iter(pipelines.make_dataset(latent_config, "train", 0, 2)))
-  b1 = next(iter(pipelines.make_dataset(latent_config, "train", 1, 2)))
+  b0 = next(iter(input_pipeline.make_dataset(latent_config, "train", 0, 2)))
+  b1 = next(iter(input_pipeline.make_dataset(latent_config, "train", 1, 2)))
   assert b0["source"].shape[0] == latent_config.train.batch_size // 2
   assert not np.array_equal(b0["source"], b1["source"])
 
@@ -100,54 +101,55 @@ def test_hosts_get_disjoint_elements(latent_config):
 def test_batch_must_split_over_hosts(latent_config):
   latent_config.train.batch_size = 3
   with pytest.raises(VasaInputError, match="divisible"):
-    pipelines.make_dataset(latent_config, "train", 0, 2)
+    input_pipeline.make_dataset(latent_config, "train", 0, 2)
 
 
 def test_single_clip_other_is_mirrored(latent_config):
   latent_config.data.synthetic_clips = 1
   latent_config.data.augment = False
-  ds, _ = pipelines.latent_element_dataset(latent_config, "train", 0, 1)
+  ds, _ = input_pipeline.latent_element_dataset(latent_config, "train", 0, 1)
   el = ds[0]
-  clips = pipelines.SyntheticFaces(1, latent_config.data.synthetic_frames,
+  clips = input_pipeline.SyntheticFaces(1, latent_config.data.synthetic_frames,
                                    latent_config.model.resolution, seed=latent_config.seed)
   frames = clips.frames(0, range(latent_config.data.synthetic_frames))
   assert any(np.array_equal(el["other"], f[:, ::-1]) for f in frames)
 
 
 def test_emotion_from_name():
-  e = pipelines.EMOTIONS
-  assert pipelines.emotion_from_name("EAMM__test_crop_M030_sad_3_001") == e.index("sad")
-  assert pipelines.emotion_from_name(
+  e = input_pipeline.EMOTIONS
+  assert input_pipeline.emotion_from_name("EAMM__test_crop_M030_sad_3_001") == e.index("sad")
+  assert input_pipeline.emotion_from_name(
       "dreamtalk__data_style_clip_video_W009_front_happy_level3_001") == e.index("happy")
-  assert pipelines.emotion_from_name("emotion__tests_test_data_data_1001_DFA_ANG_XX") == \
+  assert input_pipeline.emotion_from_name("emotion__tests_test_data_data_1001_DFA_ANG_XX") == \
       e.index("angry")
-  assert pipelines.emotion_from_name("spectre__samples_MEAD_M026_level_3_disgusted_018") == \
+  assert input_pipeline.emotion_from_name("spectre__samples_MEAD_M026_level_3_disgusted_018") == \
       e.index("disgusted")
-  assert pipelines.emotion_from_name("styletalk__samples_style_clips_video_sadgirl_clip1") is None
-  assert pipelines.emotion_from_name("LAALM__test_set_sample1") is None
+  assert input_pipeline.emotion_from_name(
+      "styletalk__samples_style_clips_video_sadgirl_clip1") is None
+  assert input_pipeline.emotion_from_name("LAALM__test_set_sample1") is None
 
 
 def test_split_persons_is_deterministic_and_disjoint():
   persons = [f"p{i}" for i in range(10)]
-  train, val = pipelines.split_persons(persons, val_fraction=0.2, seed=3)
+  train, val = input_pipeline.split_persons(persons, val_fraction=0.2, seed=3)
   assert len(val) == 2 and not set(train) & set(val) and sorted(train + val) == persons
-  assert pipelines.split_persons(persons[::-1], val_fraction=0.2, seed=3) == (train, val)
-  assert pipelines.split_persons(persons, val_persons=["p1"]) == (
+  assert input_pipeline.split_persons(persons[::-1], val_fraction=0.2, seed=3) == (train, val)
+  assert input_pipeline.split_persons(persons, val_persons=["p1"]) == (
       [p for p in persons if p != "p1"], ["p1"])
   with pytest.raises(VasaInputError, match="not in the data set"):
-    pipelines.split_persons(persons, val_persons=["nobody"])
-  assert pipelines.split_persons(["solo"], val_fraction=0.5) == (["solo"], [])
+    input_pipeline.split_persons(persons, val_persons=["nobody"])
+  assert input_pipeline.split_persons(["solo"], val_fraction=0.5) == (["solo"], [])
 
 
 def test_augmentations_keep_shape_and_change_pixels():
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
-  jit = pipelines.colour_jitter(frames, np.random.default_rng(1))
+  jit = input_pipeline.colour_jitter(frames, np.random.default_rng(1))
   assert jit.shape == frames.shape and jit.dtype == np.uint8 and not np.array_equal(jit, frames)
-  moved = pipelines.scale_shift(frames[0], np.random.default_rng(2))
+  moved = input_pipeline.scale_shift(frames[0], np.random.default_rng(2))
   assert moved.shape == (32, 32, 3) and moved.dtype == np.uint8
   np.testing.assert_array_equal(
-      pipelines.scale_shift(frames[0], np.random.default_rng(2)), moved)  # seeded: repeatable
+      input_pipeline.scale_shift(frames[0], np.random.default_rng(2)), moved)  # seeded: repeatable
 
 
 def test_move_box_follows_the_scale_shift_of_the_frame():
@@ -155,9 +157,9 @@ def test_move_box_follows_the_scale_shift_of_the_frame():
   frame[36:42, 16:24] = 255  # a box around (20, 39) px
   box = np.array([20 / 64, 39 / 64, 4 / 64, 3 / 64], np.float32)
   for seed in range(3):
-    moved, transform = pipelines.scale_shift(frame, np.random.default_rng(seed), max_scale=0.2,
+    moved, transform = input_pipeline.scale_shift(frame, np.random.default_rng(seed), max_scale=0.2,
                                              max_shift=0.1, return_transform=True)
-    got = pipelines.move_box(box, transform)
+    got = input_pipeline.move_box(box, transform)
     ys, xs = np.nonzero(moved[..., 0] > 127)
     np.testing.assert_allclose([(xs.mean() + 0.5) / 64, (ys.mean() + 0.5) / 64], got[:2],
                                atol=1.0 / 64)
@@ -172,19 +174,19 @@ def test_audio_augment_is_one_channel_change_per_call():
   feats = np.log(power + LOG_EPS).astype(np.float32)
   floor = np.float32(np.log(LOG_EPS))
 
-  gain_only = pipelines.augment_log_mel(feats, np.random.default_rng(1), 1.5, 0.0, 0)
+  gain_only = input_pipeline.augment_log_mel(feats, np.random.default_rng(1), 1.5, 0.0, 0)
   diff = (gain_only - feats)[..., :70]
   assert np.ptp(diff) < 1e-4 and 0 < abs(diff.mean()) <= 1.5  # one gain for every frame and band
   np.testing.assert_allclose(gain_only[..., 70:], floor, atol=1e-5)  # silence stays silent
 
-  tilt_only = pipelines.augment_log_mel(feats, np.random.default_rng(2), 0.0, 1.0, 0)
+  tilt_only = input_pipeline.augment_log_mel(feats, np.random.default_rng(2), 0.0, 1.0, 0)
   per_band = (tilt_only - feats)[0, 0, :70]
   np.testing.assert_allclose(np.diff(per_band), np.diff(per_band)[0], atol=1e-4)  # linear tilt
   assert abs(per_band[-1] - per_band[0]) <= 2.0 * 70 / 79 + 1e-4
 
   widths = []
   for seed in range(20):
-    masked = pipelines.augment_log_mel(feats, np.random.default_rng(seed), 0.0, 0.0, 10)
+    masked = input_pipeline.augment_log_mel(feats, np.random.default_rng(seed), 0.0, 0.0, 10)
     silenced = np.all(np.isclose(masked[..., :70], floor, atol=1e-4), axis=(0, 1))
     bands = np.nonzero(silenced)[0]
     if bands.size:
@@ -194,8 +196,8 @@ def test_audio_augment_is_one_channel_change_per_call():
                                atol=1e-4)
   assert max(widths) <= 10 and max(widths) > 0
 
-  a = pipelines.augment_log_mel(feats, np.random.default_rng(3), 1.5, 1.0, 10)
-  np.testing.assert_array_equal(a, pipelines.augment_log_mel(feats, np.random.default_rng(3),
+  a = input_pipeline.augment_log_mel(feats, np.random.default_rng(3), 1.5, 1.0, 10)
+  np.testing.assert_array_equal(a, input_pipeline.augment_log_mel(feats, np.random.default_rng(3),
                                                              1.5, 1.0, 10))
   assert a.shape == feats.shape and a.dtype == np.float32
 
@@ -206,8 +208,8 @@ def test_only_training_windows_get_audio_augmentation(motion_config):
   aug.data.audio_augment = True
   assert not plain.data.audio_augment and load_config("configs/motion.py:demo").data.audio_augment
   for split, changed in (("train", True), ("val", False)):
-    a = next(iter(pipelines.make_dataset(plain, split, 0, 1)))
-    b = next(iter(pipelines.make_dataset(aug, split, 0, 1)))
+    a = next(iter(input_pipeline.make_dataset(plain, split, 0, 1)))
+    b = next(iter(input_pipeline.make_dataset(aug, split, 0, 1)))
     np.testing.assert_array_equal(a["motion"], b["motion"])  # same windows, only the audio moves
     assert (not np.array_equal(a["audio"], b["audio"])) == changed, split
     # A first window has no context: it stays all zeros.
