@@ -17,6 +17,7 @@ import time
 import jax
 import pytest
 
+from vasa_jax import chips
 from vasa_jax import cli
 from vasa_jax import compile_check
 from vasa_jax import config_utils
@@ -181,6 +182,26 @@ def test_tiny_steps_compile_for_a_v5e_2x2_slice(capsys):
   assert {d.platform for d in mesh.devices.flat} == {"tpu"}
   (state_info, *_), _ = low.lowered.args_info
   assert all(a.donated for a in jax.tree.leaves(state_info))
+
+
+def test_v4_slices_are_one_megacore_device_per_chip():
+  # v4-32 is 16 chips (32 TensorCores): on Cloud TPU each chip is one JAX device with 32 GiB.
+  devices = _tpu("v4-32")
+  assert len(devices) == 16 and devices[0].device_kind == "TPU v4"
+  assert len({tuple(d.coords) for d in devices}) == 16  # one device per chip coordinate
+  assert {d.core_on_chip for d in devices} == {0}
+  chip = chips.chip_of(devices[0].device_kind)
+  assert chip.hbm_bytes == 32 * chips.GIB and chip.peak_flops == 275e12
+  assert "16 x TPU v4 (v4, 32 GiB HBM each)" == compile_check.describe(devices)
+  # The other generations keep their layout: v5p is megacore too, v5e has one core per chip.
+  assert len(_tpu("v5p:2x2x1")) == 4 and len(_tpu("v5e:2x2")) == 4
+  # A v4 train step is partitioned over the 4 chips of a v4-8 (tiny motion, lowered only).
+  config = config_utils.load_config("configs/motion.py:tiny", [
+      "mesh.shape.data=1", "mesh.shape.fsdp=-1", "data.synthetic=True"])
+  mesh = shd.make_mesh(config.mesh, devices=_tpu("v4:2x2x1"))
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 1}
+  low = loop.lower_train_step(config, mesh, compile_check.batch_shapes(config))
+  assert 'sdy.mesh @mesh = <["data"=1, "fsdp"=4' in low.lowered.as_text()
 
 
 @pytest.mark.slow

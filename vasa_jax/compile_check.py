@@ -37,9 +37,15 @@ def topology_devices(topology: str) -> list:
   # Compiling needs no chip: let several processes (a test run beside a compile check) load
   # libtpu, which otherwise takes a machine-wide lock file.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  kwargs = {}
+  if chips.is_megacore(name):
+    # A v4 or v5p chip runs as one JAX device (megacore), as on a real slice; libtpu's default
+    # chip config would show a v4 chip as two TensorCore devices (as maxtext's train_compile).
+    kwargs["chip_config_name"] = "megacore"
   try:
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-    return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+    return list(topologies.get_topology_desc(topology_name=name, platform="tpu",
+                                             **kwargs).devices)
   except Exception as e:  # pylint: disable=broad-except
     raise VasaInputError(
         f"--topology {topology!r}: libtpu could not describe it ({type(e).__name__}: "
