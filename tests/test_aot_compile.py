@@ -11,6 +11,7 @@ state. Measured on the 2-core dev machine (shared, so +-2x):
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -161,18 +162,22 @@ def _tpu(topology: str):
   return devices
 
 
-def test_tiny_steps_compile_for_a_v5e_2x2_slice(capsys):
+def test_tiny_steps_compile_for_a_v5e_2x2_slice(capsys, tmp_path):
   devices = _tpu("v5e:2x2")
   assert len(devices) == 4 and devices[0].device_kind == "TPU v5 lite"
   # Stage 2's train step, compiled by XLA:TPU with the loop's own jit signature.
   assert cli.main(["compile-check", "--config", "configs/demo.py:tiny", "--topology", "v5e:2x2",
-                   "--mesh", "2,2,1", "--stages", "motion"]) == 0
+                   "--mesh", "2,2,1", "--stages", "motion", "--out",
+                   str(tmp_path / "rows.json")]) == 0
   table = capsys.readouterr().out
   (row,) = [line for line in table.splitlines() if line.startswith("| train motion")]
   cells = [c.strip() for c in row.strip("|").split("|")]
   # step | mesh | batch | params | args | temp | peak | HBM | fits | TFLOP | compile s
   assert cells[1] == "(2, 2, 1)" and cells[2] == "8"
   assert cells[7] == "16.00" and cells[8] == "yes"  # v5e: 16 GiB of HBM per chip
+  (saved,) = json.loads((tmp_path / "rows.json").read_text())
+  assert saved["topology"] == "v5e:2x2" and saved["fits"] is True
+  assert f"{saved['peak_bytes'] / 2**30:.2f}" == cells[6] and saved["flops"] > 0
   # Stage 1 and the inference step are lowered for the same slice (their XLA:TPU compiles
   # take minutes here: the slow test below).
   config = config_utils.load_config("configs/latent.py:tiny", [
