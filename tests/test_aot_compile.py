@@ -11,12 +11,14 @@ state. Measured on the 2-core dev machine (shared, so +-2x):
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 
 import jax
 import pytest
 
+from vasa_jax import chips
 from vasa_jax import cli
 from vasa_jax import compile_check
 from vasa_jax import config_utils
@@ -160,18 +162,22 @@ def _tpu(topology: str):
   return devices
 
 
-def test_tiny_steps_compile_for_a_v5e_2x2_slice(capsys):
+def test_tiny_steps_compile_for_a_v5e_2x2_slice(capsys, tmp_path):
   devices = _tpu("v5e:2x2")
   assert len(devices) == 4 and devices[0].device_kind == "TPU v5 lite"
   # Stage 2's train step, compiled by XLA:TPU with the loop's own jit signature.
   assert cli.main(["compile-check", "--config", "configs/demo.py:tiny", "--topology", "v5e:2x2",
-                   "--mesh", "2,2,1", "--stages", "motion"]) == 0
+                   "--mesh", "2,2,1", "--stages", "motion", "--out",
+                   str(tmp_path / "rows.json")]) == 0
   table = capsys.readouterr().out
   (row,) = [line for line in table.splitlines() if line.startswith("| train motion")]
   cells = [c.strip() for c in row.strip("|").split("|")]
   # step | mesh | batch | params | args | temp | peak | HBM | fits | TFLOP | compile s
   assert cells[1] == "(2, 2, 1)" and cells[2] == "8"
   assert cells[7] == "16.00" and cells[8] == "yes"  # v5e: 16 GiB of HBM per chip
+  (saved,) = json.loads((tmp_path / "rows.json").read_text())
+  assert saved["topology"] == "v5e:2x2" and saved["fits"] is True
+  assert f"{saved['peak_bytes'] / 2**30:.2f}" == cells[6] and saved["flops"] > 0
   # Stage 1 and the inference step are lowered for the same slice (their XLA:TPU compiles
   # take minutes here: the slow test below).
   config = config_utils.load_config("configs/latent.py:tiny", [
@@ -181,6 +187,26 @@ def test_tiny_steps_compile_for_a_v5e_2x2_slice(capsys):
   assert {d.platform for d in mesh.devices.flat} == {"tpu"}
   (state_info, *_), _ = low.lowered.args_info
   assert all(a.donated for a in jax.tree.leaves(state_info))
+
+
+def test_v4_slices_are_one_megacore_device_per_chip():
+  # v4-32 is 16 chips (32 TensorCores): on Cloud TPU each chip is one JAX device with 32 GiB.
+  devices = _tpu("v4-32")
+  assert len(devices) == 16 and devices[0].device_kind == "TPU v4"
+  assert len({tuple(d.coords) for d in devices}) == 16  # one device per chip coordinate
+  assert {d.core_on_chip for d in devices} == {0}
+  chip = chips.chip_of(devices[0].device_kind)
+  assert chip.hbm_bytes == 32 * chips.GIB and chip.peak_flops == 275e12
+  assert "16 x TPU v4 (v4, 32 GiB HBM each)" == compile_check.describe(devices)
+  # The other generations keep their layout: v5p is megacore too, v5e has one core per chip.
+  assert len(_tpu("v5p:2x2x1")) == 4 and len(_tpu("v5e:2x2")) == 4
+  # A v4 train step is partitioned over the 4 chips of a v4-8 (tiny motion, lowered only).
+  config = config_utils.load_config("configs/motion.py:tiny", [
+      "mesh.shape.data=1", "mesh.shape.fsdp=-1", "data.synthetic=True"])
+  mesh = shd.make_mesh(config.mesh, devices=_tpu("v4:2x2x1"))
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 1}
+  low = loop.lower_train_step(config, mesh, compile_check.batch_shapes(config))
+  assert 'sdy.mesh @mesh = <["data"=1, "fsdp"=4' in low.lowered.as_text()
 
 
 @pytest.mark.slow

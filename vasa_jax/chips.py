@@ -1,8 +1,8 @@
 """Accelerator facts the compile check and the training benchmark compare against.
 
 One row per device kind: HBM per JAX device and dense bf16 peak FLOP/s per JAX device (vendor
-figures). A v4 chip shows up as two JAX devices (one per TensorCore) in the topologies that
-libtpu describes here, so its row is half a chip; v5p's megacore is one device per chip.
+figures). v4 and v5p chips run in megacore mode, one JAX device per chip (two TensorCores
+behind it), as on Cloud TPU; `compile_check.topology_devices` asks libtpu for that layout.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class Chip(NamedTuple):
 
 # Matched in order against `device.device_kind` (first substring that matches wins).
 CHIPS = (
-    ("TPU v4", Chip("v4 (one TensorCore)", 16 * GIB, 275e12 / 2)),
+    ("TPU v4", Chip("v4", 32 * GIB, 275e12)),
     ("TPU v5 lite", Chip("v5e", 16 * GIB, 197e12)),
     ("TPU v5p", Chip("v5p", 95 * GIB, 459e12)),
     ("TPU v5", Chip("v5p", 95 * GIB, 459e12)),
@@ -40,9 +40,18 @@ def chip_of(device_kind: str) -> Chip | None:
 
 
 # Topology names for `jax.experimental.topologies.get_topology_desc` by Cloud TPU slice name.
+# A v4/v5p slice is named after its TensorCores (two per chip): v4-32 is 16 chips, 2x2x4.
 SLICES = {
     "v5e-16": "v5e:4x4",
     "v5e-256": "v5e:16x16",
     "v4-32": "v4:2x2x4",
     "v5p-128": "v5p:4x4x4",
 }
+
+# Generations whose chips are one megacore JAX device (libtpu's "megacore" chip config).
+MEGACORE = ("v4", "v5p")
+
+
+def is_megacore(topology: str) -> bool:
+  """True for a v4 or v5p topology name ("v4:2x2x4"), whose chips run as one device each."""
+  return topology.split(":", 1)[0].lower() in MEGACORE

@@ -247,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--global-batch", help="LATENT,MOTION global train batches (default: configs')")
   p.add_argument("--stages", default="latent,motion,inference",
                  help="comma-separated subset of latent,motion,inference")
+  p.add_argument("--out", help="also write the rows as JSON to this path")
 
   p = sub.add_parser("bench-train", help="training steps/s, examples/s, FLOPs and MFU of both "
                      "stages on this machine's devices")
@@ -481,6 +482,9 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
                   global_batch=_stage_ints(args.global_batch, "global-batch"),
                   stages=[s for s in args.stages.split(",") if s])
     print(cc.format_table(rows, args.topology or "this machine"))
+    if args.out:
+      cc.write_json(rows, args.out, config=args.config, topology=args.topology,
+                    overrides=overrides)
     return 0 if all(r.fits is not False for r in rows) else 1
   if cmd == "bench-train":
     from vasa_jax import bench_train

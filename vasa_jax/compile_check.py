@@ -9,6 +9,7 @@ allocated; `memory_analysis()` gives the per-device bytes and `cost_analysis()` 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import time
@@ -37,9 +38,15 @@ def topology_devices(topology: str) -> list:
   # Compiling needs no chip: let several processes (a test run beside a compile check) load
   # libtpu, which otherwise takes a machine-wide lock file.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  kwargs = {}
+  if chips.is_megacore(name):
+    # A v4 or v5p chip runs as one JAX device (megacore), as on a real slice; libtpu's default
+    # chip config would show a v4 chip as two TensorCore devices (as maxtext's train_compile).
+    kwargs["chip_config_name"] = "megacore"
   try:
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-    return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+    return list(topologies.get_topology_desc(topology_name=name, platform="tpu",
+                                             **kwargs).devices)
   except Exception as e:  # pylint: disable=broad-except
     raise VasaInputError(
         f"--topology {topology!r}: libtpu could not describe it ({type(e).__name__}: "
@@ -308,6 +315,15 @@ def format_table(rows: Sequence[Row], devices_label: str = "") -> str:
                  f"{_gib(r.argument_bytes)} | {_gib(r.temp_bytes)} | {_gib(r.peak_bytes)} | "
                  f"{_gib(r.hbm_bytes)} | {fits} | {flops} | {r.compile_s:.1f} |")
   return "\n".join(line for line in lines if line)
+
+
+def write_json(rows: Sequence[Row], path: str, **meta) -> None:
+  """Writes the rows (with their peak bytes and fit, and `meta`: config, topology, overrides)
+  as a JSON list, atomically, for docs tables assembled from several runs."""
+  from vasa_jax import fileio  # pylint: disable=import-outside-toplevel
+  data = [dict(meta, **dataclasses.asdict(r), peak_bytes=r.peak_bytes, fits=r.fits)
+          for r in rows]
+  fileio.atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def parse_mesh(text: str | None) -> tuple[int, int, int] | None:
