@@ -24,11 +24,16 @@ face-nets: setup
 demo: setup
 	$(VENV)/bin/vasa-jax generate --out out.mp4
 
+# libtpu for the TPU compile tests, in the test runs only (see pyproject's tpu-aot extra).
+$(VENV)/.tpu-aot: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,tpu-aot]'
+	touch $@
+
 # The default suite stays fast (slow tests are skipped); `make test-all` runs everything.
-test: setup
+test: setup $(VENV)/.tpu-aot
 	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
-test-all: setup
+test-all: setup $(VENV)/.tpu-aot
 	$(PY) -m pytest -n 2 --dist loadfile -q --runslow $(PYTEST_ARGS)
 
 clean:

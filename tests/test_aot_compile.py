@@ -155,7 +155,8 @@ def test_large_variants_are_sized_like_vasa1(capsys):
 # TPU slices compiled on this CPU (libtpu describes the topology; nothing runs on a TPU).
 # ---------------------------------------------------------------------------------------------
 def _tpu(topology: str):
-  pytest.importorskip("libtpu", reason="libtpu absent: pip install libtpu (the `test` extra)")
+  pytest.importorskip("libtpu", reason="libtpu absent: pip install libtpu (the `tpu-aot` "
+                      "extra; `make test` installs it)")
   devices = compile_check.topology_devices(topology)
   # Installing libtpu must not move the tests off the CPU backend (conftest: JAX_PLATFORMS=cpu).
   assert jax.devices()[0].platform == "cpu"

@@ -51,7 +51,7 @@ def topology_devices(topology: str) -> list:
     raise VasaInputError(
         f"--topology {topology!r}: libtpu could not describe it ({type(e).__name__}: "
         f"{str(e).splitlines()[0] if str(e) else ''}). Install libtpu (`pip install libtpu`, "
-        f"or the `test` extra) and name a slice like v5e:4x4, v4:2x2x4, v5p:4x4x4 or one of "
+        f"or the `tpu-aot` extra) and name a slice like v5e:4x4, v4:2x2x4, v5p:4x4x4 or one of "
         f"{sorted(chips.SLICES)}") from e
 
 
