@@ -53,7 +53,7 @@ def get_config(arg=None):
   context = ml_collections.FieldReference(s["context"])
   config.data.window = window
   config.data.context = context
-  # Random recording-channel changes of the training audio (`input_pipeline.augment_log_mel`): the
+  # Random recording-channel changes of the training audio (`augment.augment_log_mel`): the
   # demo's stage 2 otherwise learns its few hundred clips by heart.
   config.data.audio_augment = variant != "tiny"
   config.data.audio_gain = 1.5  # +-1.5 nats of power, about +-6.5 dB

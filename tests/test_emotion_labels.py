@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vasa_jax import cli
-from vasa_jax.data import emotion_labels, input_pipeline, records
+from vasa_jax.data import clip_labels, emotion_labels, input_pipeline, records
 from vasa_jax.errors import VasaInputError
 from vasa_jax.facenets import store
 
@@ -22,9 +22,9 @@ def _probs(t: int, fer_class: str, p: float = 0.7) -> np.ndarray:
 
 def test_control_vector_maps_fer_classes_onto_vasa_emotions():
   probs = np.concatenate([_probs(2, "happy", 0.9), _probs(2, "surprise", 0.5)])
-  vec = emotion_labels.control_vector(probs, input_pipeline.EMOTIONS)
+  vec = emotion_labels.control_vector(probs, clip_labels.EMOTIONS)
   assert vec.shape == (8,) and vec.dtype == np.float32
-  e = input_pipeline.EMOTIONS
+  e = clip_labels.EMOTIONS
   assert vec[e.index("happy")] == pytest.approx((0.9 + 0.5 / 6) / 2)  # window mean
   assert vec[e.index("surprised")] == pytest.approx((0.1 / 6 + 0.5) / 2)
   assert vec[e.index("neutral")] == pytest.approx((0.1 / 6 + 0.5 / 6) / 2)
@@ -59,7 +59,7 @@ def test_stage2_takes_network_labels_where_the_name_gives_none():
            _motion_record("vox_00002", None)]  # no label at all
   make = _element(clips)
   rng = np.random.default_rng(0)
-  e = input_pipeline.EMOTIONS
+  e = clip_labels.EMOTIONS
   net, named, none = (make(i, rng) for i in range(3))
   assert net["emotion_mask"] and net["emotion"].argmax() == e.index("happy")
   assert net["emotion"][e.index("happy")] == pytest.approx(0.7, abs=1e-3)
@@ -78,7 +78,7 @@ def test_stage2_label_follows_the_window():
       clips, np.asarray([(0, 0), (0, T - W)], np.int64), W, K, np.zeros(4, np.float32),
       np.ones(4, np.float32), 0.3, 0.05, 8, network_emotions=True)
   first = make(0, np.random.default_rng(0))
-  assert first["emotion"].argmax() == input_pipeline.EMOTIONS.index("angry")
+  assert first["emotion"].argmax() == clip_labels.EMOTIONS.index("angry")
 
 
 def test_configs_switch_network_labels():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vasa_jax.config_utils import load_config
-from vasa_jax.data import input_pipeline
+from vasa_jax.data import augment, clip_labels, input_pipeline, splits, synthetic
 from vasa_jax.errors import VasaInputError
 
 
@@ -109,47 +109,47 @@ def test_single_clip_other_is_mirrored(latent_config):
   latent_config.data.augment = False
   ds, _ = input_pipeline.latent_element_dataset(latent_config, "train", 0, 1)
   el = ds[0]
-  clips = input_pipeline.SyntheticFaces(1, latent_config.data.synthetic_frames,
+  clips = synthetic.SyntheticFaces(1, latent_config.data.synthetic_frames,
                                    latent_config.model.resolution, seed=latent_config.seed)
   frames = clips.frames(0, range(latent_config.data.synthetic_frames))
   assert any(np.array_equal(el["other"], f[:, ::-1]) for f in frames)
 
 
 def test_emotion_from_name():
-  e = input_pipeline.EMOTIONS
-  assert input_pipeline.emotion_from_name("EAMM__test_crop_M030_sad_3_001") == e.index("sad")
-  assert input_pipeline.emotion_from_name(
+  e = clip_labels.EMOTIONS
+  assert clip_labels.emotion_from_name("EAMM__test_crop_M030_sad_3_001") == e.index("sad")
+  assert clip_labels.emotion_from_name(
       "dreamtalk__data_style_clip_video_W009_front_happy_level3_001") == e.index("happy")
-  assert input_pipeline.emotion_from_name("emotion__tests_test_data_data_1001_DFA_ANG_XX") == \
+  assert clip_labels.emotion_from_name("emotion__tests_test_data_data_1001_DFA_ANG_XX") == \
       e.index("angry")
-  assert input_pipeline.emotion_from_name("spectre__samples_MEAD_M026_level_3_disgusted_018") == \
+  assert clip_labels.emotion_from_name("spectre__samples_MEAD_M026_level_3_disgusted_018") == \
       e.index("disgusted")
-  assert input_pipeline.emotion_from_name(
+  assert clip_labels.emotion_from_name(
       "styletalk__samples_style_clips_video_sadgirl_clip1") is None
-  assert input_pipeline.emotion_from_name("LAALM__test_set_sample1") is None
+  assert clip_labels.emotion_from_name("LAALM__test_set_sample1") is None
 
 
 def test_split_persons_is_deterministic_and_disjoint():
   persons = [f"p{i}" for i in range(10)]
-  train, val = input_pipeline.split_persons(persons, val_fraction=0.2, seed=3)
+  train, val = splits.split_persons(persons, val_fraction=0.2, seed=3)
   assert len(val) == 2 and not set(train) & set(val) and sorted(train + val) == persons
-  assert input_pipeline.split_persons(persons[::-1], val_fraction=0.2, seed=3) == (train, val)
-  assert input_pipeline.split_persons(persons, val_persons=["p1"]) == (
+  assert splits.split_persons(persons[::-1], val_fraction=0.2, seed=3) == (train, val)
+  assert splits.split_persons(persons, val_persons=["p1"]) == (
       [p for p in persons if p != "p1"], ["p1"])
   with pytest.raises(VasaInputError, match="not in the data set"):
-    input_pipeline.split_persons(persons, val_persons=["nobody"])
-  assert input_pipeline.split_persons(["solo"], val_fraction=0.5) == (["solo"], [])
+    splits.split_persons(persons, val_persons=["nobody"])
+  assert splits.split_persons(["solo"], val_fraction=0.5) == (["solo"], [])
 
 
 def test_augmentations_keep_shape_and_change_pixels():
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
-  jit = input_pipeline.colour_jitter(frames, np.random.default_rng(1))
+  jit = augment.colour_jitter(frames, np.random.default_rng(1))
   assert jit.shape == frames.shape and jit.dtype == np.uint8 and not np.array_equal(jit, frames)
-  moved = input_pipeline.scale_shift(frames[0], np.random.default_rng(2))
+  moved = augment.scale_shift(frames[0], np.random.default_rng(2))
   assert moved.shape == (32, 32, 3) and moved.dtype == np.uint8
   np.testing.assert_array_equal(
-      input_pipeline.scale_shift(frames[0], np.random.default_rng(2)), moved)  # seeded: repeatable
+      augment.scale_shift(frames[0], np.random.default_rng(2)), moved)  # seeded: repeatable
 
 
 def test_move_box_follows_the_scale_shift_of_the_frame():
@@ -157,9 +157,9 @@ def test_move_box_follows_the_scale_shift_of_the_frame():
   frame[36:42, 16:24] = 255  # a box around (20, 39) px
   box = np.array([20 / 64, 39 / 64, 4 / 64, 3 / 64], np.float32)
   for seed in range(3):
-    moved, transform = input_pipeline.scale_shift(frame, np.random.default_rng(seed), max_scale=0.2,
+    moved, transform = augment.scale_shift(frame, np.random.default_rng(seed), max_scale=0.2,
                                              max_shift=0.1, return_transform=True)
-    got = input_pipeline.move_box(box, transform)
+    got = augment.move_box(box, transform)
     ys, xs = np.nonzero(moved[..., 0] > 127)
     np.testing.assert_allclose([(xs.mean() + 0.5) / 64, (ys.mean() + 0.5) / 64], got[:2],
                                atol=1.0 / 64)
@@ -174,19 +174,19 @@ def test_audio_augment_is_one_channel_change_per_call():
   feats = np.log(power + LOG_EPS).astype(np.float32)
   floor = np.float32(np.log(LOG_EPS))
 
-  gain_only = input_pipeline.augment_log_mel(feats, np.random.default_rng(1), 1.5, 0.0, 0)
+  gain_only = augment.augment_log_mel(feats, np.random.default_rng(1), 1.5, 0.0, 0)
   diff = (gain_only - feats)[..., :70]
   assert np.ptp(diff) < 1e-4 and 0 < abs(diff.mean()) <= 1.5  # one gain for every frame and band
   np.testing.assert_allclose(gain_only[..., 70:], floor, atol=1e-5)  # silence stays silent
 
-  tilt_only = input_pipeline.augment_log_mel(feats, np.random.default_rng(2), 0.0, 1.0, 0)
+  tilt_only = augment.augment_log_mel(feats, np.random.default_rng(2), 0.0, 1.0, 0)
   per_band = (tilt_only - feats)[0, 0, :70]
   np.testing.assert_allclose(np.diff(per_band), np.diff(per_band)[0], atol=1e-4)  # linear tilt
   assert abs(per_band[-1] - per_band[0]) <= 2.0 * 70 / 79 + 1e-4
 
   widths = []
   for seed in range(20):
-    masked = input_pipeline.augment_log_mel(feats, np.random.default_rng(seed), 0.0, 0.0, 10)
+    masked = augment.augment_log_mel(feats, np.random.default_rng(seed), 0.0, 0.0, 10)
     silenced = np.all(np.isclose(masked[..., :70], floor, atol=1e-4), axis=(0, 1))
     bands = np.nonzero(silenced)[0]
     if bands.size:
@@ -196,8 +196,8 @@ def test_audio_augment_is_one_channel_change_per_call():
                                atol=1e-4)
   assert max(widths) <= 10 and max(widths) > 0
 
-  a = input_pipeline.augment_log_mel(feats, np.random.default_rng(3), 1.5, 1.0, 10)
-  np.testing.assert_array_equal(a, input_pipeline.augment_log_mel(feats, np.random.default_rng(3),
+  a = augment.augment_log_mel(feats, np.random.default_rng(3), 1.5, 1.0, 10)
+  np.testing.assert_array_equal(a, augment.augment_log_mel(feats, np.random.default_rng(3),
                                                              1.5, 1.0, 10))
   assert a.shape == feats.shape and a.dtype == np.float32
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vasa_jax.config_utils import load_config
-from vasa_jax.data import emotion_labels, input_pipeline, preprocess, records
+from vasa_jax.data import clip_labels, emotion_labels, input_pipeline, preprocess, records
 from vasa_jax.errors import VasaInputError
 
 # Two short 224x224 clips of different people (fast to decode); 2 s of each is kept.
@@ -211,7 +211,7 @@ def test_motion_dataset_on_fake_motion_records(prepared):
   if emotion_labels.available():
     assert batch["emotion_mask"].all()
     np.testing.assert_allclose(batch["emotion"].sum(-1), 1.0, atol=5e-3)
-    assert not batch["emotion"][:, input_pipeline.EMOTIONS.index("contempt")].any()
+    assert not batch["emotion"][:, clip_labels.EMOTIONS.index("contempt")].any()
   else:
     assert not batch["emotion_mask"].any() and not batch["emotion"].any()
   # Zero context exactly where there is no previous window.

@@ -425,8 +425,7 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
     from vasa_jax.eval import report
     if args.face_metrics:  # a missing network fails before the slow lip-sync report
       from vasa_jax.facenets import store
-      for name in store.MODELS[:3]:
-        store.load(name, why="vasa-jax eval --face-metrics")
+      store.require(store.MODELS[:3], why="vasa-jax eval --face-metrics")
     report.run(args.videos, args.real, args.out, max_seconds=args.max_seconds,
                portrait=args.portrait)
     if args.face_metrics:

@@ -26,7 +26,7 @@ from vasa_jax.errors import VasaInputError
 KEY = "emotion_probs"
 BATCH = 32
 # The network's FER-2013 classes (`facenets.nets.EMOTIONS`, not imported here so data loading
-# needs no jax) -> vasa-jax emotion names (`input_pipeline.EMOTIONS`).
+# needs no jax) -> vasa-jax emotion names (`clip_labels.EMOTIONS`).
 FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 FER_TO_VASA = {"angry": "angry", "disgust": "disgusted", "fear": "fear", "happy": "happy",
                "sad": "sad", "surprise": "surprised", "neutral": "neutral"}

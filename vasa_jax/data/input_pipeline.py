@@ -39,7 +39,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import re
 from typing import Sequence
 
 from array_record.python import array_record_module
@@ -47,124 +46,10 @@ import grain
 import numpy as np
 from PIL import Image
 
-from vasa_jax.data import emotion_labels, face_labels, records
-from vasa_jax.data.audio_features import LOG_EPS
+from vasa_jax.data import augment, clip_labels, emotion_labels, face_labels, records, splits
+from vasa_jax.data.synthetic import SyntheticFaces, SyntheticMotion
 from vasa_jax.errors import VasaInputError
 from vasa_jax.models import layers, motion_labels
-
-EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
-# Name tokens (lower case) that mark an emotion: MEAD (`M030_angry_...`, `_front_happy_`) and a
-# few spellings; CREMA-D's upper-case codes are matched separately (`1001_DFA_ANG_XX`).
-_EMOTION_TOKENS = {e: e for e in EMOTIONS}
-_EMOTION_TOKENS.update({"surprise": "surprised", "disgust": "disgusted", "anger": "angry",
-                        "contemptuous": "contempt", "fearful": "fear", "happiness": "happy",
-                        "sadness": "sad"})
-_CREMA_CODES = {"ANG": "angry", "DIS": "disgusted", "FEA": "fear", "HAP": "happy",
-                "NEU": "neutral", "SAD": "sad"}
-_CREMA_RE = re.compile(r"\d{4}_[A-Z]{3}_(ANG|DIS|FEA|HAP|NEU|SAD)_")
-
-
-# --------------------------------------------------------------------------- labels
-
-
-def emotion_from_name(name: str) -> int | None:
-  """Emotion class (index into EMOTIONS) read from a clip name, or None when it names none.
-
-  Args:
-    name: a clip name such as `M030_angry_3_001`, `..._front_happy_level3_001` or
-      `1001_DFA_ANG_XX`.
-
-  Returns:
-    An index into EMOTIONS, or None.
-  """
-  m = _CREMA_RE.search(name)
-  if m:
-    return EMOTIONS.index(_CREMA_CODES[m.group(1)])
-  for token in re.split(r"[^a-zA-Z]+", name):
-    e = _EMOTION_TOKENS.get(token.lower())
-    if e is not None:
-      return EMOTIONS.index(e)
-  return None
-
-
-def main_gaze(gaze: np.ndarray) -> np.ndarray:
-  """The clip's main gaze direction (2,) from per-frame gaze (T, 2).
-
-  Uses `face_labels.main_gaze` when that module provides it, else the per-dimension median
-  (robust to blinks and detector misses).
-  """
-  gaze = np.asarray(gaze, np.float32).reshape(-1, 2)
-  try:
-    fn = getattr(face_labels, "main_gaze", None)
-  except ImportError:
-    fn = None
-  if fn is not None:
-    return np.asarray(fn(gaze), np.float32).reshape(2)
-  return np.median(gaze, axis=0).astype(np.float32)
-
-
-# --------------------------------------------------------------------------- splits
-
-
-def split_persons(index_or_persons, val_persons: Sequence[str] = (), val_fraction: float = 0.0,
-                  seed: int = 0) -> tuple[list[str], list[str]]:
-  """Splits identities into train and validation persons (never sharing a person).
-
-  Args:
-    index_or_persons: a `records.ClipIndex` or a list of person names.
-    val_persons: persons held out explicitly (each must exist).
-    val_fraction: otherwise, this share of persons (at least one when > 0, never all), chosen by
-      a seeded shuffle of the sorted names so every host agrees.
-    seed: seed of that shuffle.
-
-  Returns:
-    (train_persons, val_persons), both sorted.
-  """
-  if isinstance(index_or_persons, records.ClipIndex):
-    persons = index_or_persons.persons
-  else:
-    persons = sorted(set(index_or_persons))
-  val_persons = list(val_persons or [])
-  if val_persons:
-    unknown = sorted(set(val_persons) - set(persons))
-    if unknown:
-      raise VasaInputError(f"Validation persons {unknown} are not in the data set; known persons "
-                           f"include {persons[:10]}. Fix config.data.val_persons.")
-    val = sorted(set(val_persons))
-  elif val_fraction > 0 and len(persons) > 1:
-    n = min(max(1, int(round(val_fraction * len(persons)))), len(persons) - 1)
-    order = np.random.default_rng(seed).permutation(len(persons))
-    val = sorted(persons[i] for i in order[:n])
-  else:
-    val = []
-  train = sorted(set(persons) - set(val))
-  return train, val
-
-
-def split_args(data_config) -> dict:
-  """`split_persons` keyword arguments of a run's `config.data` (the split training used)."""
-  return {"val_persons": list(data_config.get("val_persons", []) or []),
-          "val_fraction": float(data_config.get("val_fraction_persons", 0.0) or 0.0),
-          "seed": int(data_config.get("shuffle_seed", 0))}
-
-
-def split_entries(index: records.ClipIndex, split: str, **kwargs) -> list[dict]:
-  """The clip entries of `split` ("train", "val" or "all"); `kwargs` go to `split_persons`."""
-  train, val = split_persons(index, **kwargs)
-  if split == "train":
-    keep = set(train)
-  elif split in ("val", "validation", "eval"):
-    keep = set(val)
-  elif split == "all":
-    keep = set(train) | set(val)
-  else:
-    raise VasaInputError(f"Unknown split {split!r}; use train, val or all.")
-  entries = [c for c in index.clips if c["person"] in keep]
-  if not entries:
-    raise VasaInputError(f"The {split!r} split of {index.root} is empty (persons {sorted(keep)}). "
-                         "Set config.data.val_persons / val_fraction_persons, or add data.")
-  return entries
-
 
 # --------------------------------------------------------------------------- clip sources
 
@@ -223,106 +108,6 @@ class ClipSource:
     return state
 
 
-def _ellipse(yy, xx, cy, cx, ry, rx):
-  return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-
-
-class SyntheticFaces:
-  """Cartoon talking faces: a coloured head ellipse per person that moves, turns, blinks and
-  opens its mouth over time, on a per-clip background. Frames are drawn on demand.
-
-  Args:
-    num_clips: clips (two clips per person).
-    num_frames: frames per clip.
-    resolution: R.
-    seed: changes colours and motion.
-  """
-
-  def __init__(self, num_clips: int, num_frames: int, resolution: int, seed: int = 0):
-    self.resolution = int(resolution)
-    self.num_frames = int(num_frames)
-    self.seed = int(seed)
-    rng = np.random.default_rng(seed)
-    self._bg = rng.uniform(0, 255, (num_clips, 3))
-    persons = max(1, (num_clips + 1) // 2)
-    self._skin = rng.uniform(60, 240, (persons, 3))
-    self._phase = rng.uniform(0, 2 * np.pi, (num_clips, 4))
-    self.entries = [{"clip": f"synthetic_{seed}_{k:03d}", "person": f"synthetic_person_{k // 2}",
-                     "frames": self.num_frames, "has_speech": True} for k in range(num_clips)]
-
-  def __len__(self) -> int:
-    return len(self.entries)
-
-  def _frame(self, k: int, t: int) -> np.ndarray:
-    r = self.resolution
-    yy, xx = np.mgrid[0:r, 0:r].astype(np.float32) / r
-    ph = self._phase[k]
-    cx = 0.5 + 0.06 * np.sin(0.3 * t + ph[0])  # head translation
-    cy = 0.5 + 0.04 * np.sin(0.2 * t + ph[1])
-    turn = 0.05 * np.sin(0.25 * t + ph[2])  # "yaw": features slide sideways
-    mouth = 0.015 + 0.035 * (0.5 + 0.5 * np.sin(0.9 * t + ph[3]))  # mouth opening
-    img = np.empty((r, r, 3), np.float32)
-    img[:] = self._bg[k]
-    img[_ellipse(yy, xx, cy, cx, 0.3, 0.22)] = self._skin[int(self.entries[k]["person"]
-                                                             .rsplit("_", 1)[1])]
-    eye_h = 0.02 if (t + k) % 12 else 0.004  # a blink every 12 frames
-    for side in (-1, 1):
-      img[_ellipse(yy, xx, cy - 0.08, cx + side * 0.08 + turn, eye_h, 0.035)] = 20.0
-    img[_ellipse(yy, xx, cy + 0.13, cx + turn, mouth, 0.08)] = (150.0, 30.0, 40.0)
-    return img.astype(np.uint8)
-
-  def frames(self, k: int, indices: Sequence[int]) -> np.ndarray:
-    return np.stack([self._frame(k, int(t)) for t in indices])
-
-
-class SyntheticMotion:
-  """Smooth random motion with audio features that predict it, as motion records in memory.
-
-  Each clip has motion (T, Dm) made of a few sinusoids; its log-mel rows are a fixed spectral
-  pattern scaled by the first dynamics dimension (the "mouth"), so a model can learn audio ->
-  motion. Gaze, face scale and (for some clips) an emotion label vary per clip.
-  """
-
-  def __init__(self, num_clips: int, num_frames: int, z_pose_dim: int, z_dyn_dim: int,
-               seed: int = 0):
-    rng = np.random.default_rng(seed)
-    t = np.arange(num_frames, dtype=np.float32)[:, None]
-    dm = z_pose_dim + z_dyn_dim
-    template = rng.normal(0, 1, (4, 80)).astype(np.float32)
-    self.entries, self._records = [], []
-    for k in range(num_clips):
-      freq = rng.uniform(0.05, 0.4, (1, dm))
-      phase = rng.uniform(0, 2 * np.pi, (1, dm))
-      amp = rng.uniform(0.2, 1.0, (1, dm))
-      motion = (amp * np.sin(freq * t + phase)).astype(np.float32)  # (T, Dm)
-      mouth = motion[:, z_pose_dim]
-      feats = (-6.0 + mouth[:, None, None] * template[None]
-               + 0.1 * rng.normal(0, 1, (num_frames, 4, 80))).astype(np.float32)
-      # Every third clip carries no emotion label (emotion_mask False), like most real clips.
-      name = f"synthetic_{seed}_{k:03d}" + ("" if k % 3 == 2 else f"_{EMOTIONS[k % 8]}")
-      self._records.append({
-          "clip": name, "person": f"synthetic_person_{k // 2}",
-          "z_pose": motion[:, :z_pose_dim], "z_dyn": motion[:, z_pose_dim:],
-          "audio_feats": feats,
-          "gaze": np.tile(rng.normal(0, 0.1, (1, 2)), (num_frames, 1)).astype(np.float32),
-          "face_scale": np.full((num_frames,), rng.uniform(0.2, 0.4), np.float32),
-          "has_speech": True,
-      })
-      self.entries.append({"clip": name, "person": f"synthetic_person_{k // 2}",
-                           "frames": num_frames, "has_speech": True})
-    allm = np.concatenate([np.concatenate([r["z_pose"], r["z_dyn"]], -1)
-                           for r in self._records])
-    self.stats = {"mean": allm.mean(0).tolist(), "std": allm.std(0).tolist()}
-    scales = np.concatenate([r["face_scale"] for r in self._records])
-    self.face_scale_stats = (float(scales.mean()), float(scales.std()))
-
-  def __len__(self) -> int:
-    return len(self.entries)
-
-  def __getitem__(self, k: int) -> dict:
-    return self._records[k]
-
-
 # --------------------------------------------------------------------------- stage 1 elements
 
 
@@ -331,65 +116,6 @@ def _resize(frames: np.ndarray, resolution: int) -> np.ndarray:
     return frames
   return np.stack([np.asarray(Image.fromarray(f).resize((resolution, resolution),
                                                         Image.BILINEAR)) for f in frames])
-
-
-def colour_jitter(frames: np.ndarray, rng: np.random.Generator, strength: float = 1.0
-                  ) -> np.ndarray:
-  """One random brightness/contrast/saturation/channel-gain change applied to all `frames`.
-
-  Args:
-    frames: (n, H, W, 3) uint8.
-    rng: numpy generator.
-    strength: scales every jitter range.
-
-  Returns:
-    (n, H, W, 3) uint8.
-  """
-  x = frames.astype(np.float32) / 255.0
-  brightness = rng.uniform(-0.1, 0.1) * strength
-  contrast = 1.0 + rng.uniform(-0.2, 0.2) * strength
-  saturation = 1.0 + rng.uniform(-0.3, 0.3) * strength
-  gains = 1.0 + rng.uniform(-0.05, 0.05, 3) * strength
-  grey = x.mean(-1, keepdims=True)
-  x = grey + (x - grey) * saturation
-  mean = x.mean(axis=(1, 2, 3), keepdims=True)
-  x = (x - mean) * contrast + mean + brightness
-  x = x * gains
-  return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
-
-
-def scale_shift(frame: np.ndarray, rng: np.random.Generator, max_scale: float = 0.06,
-                max_shift: float = 0.04, return_transform: bool = False):
-  """A small random zoom and translation of one (H, W, 3) uint8 frame (edges replicated).
-
-  A point at (x, y) (shares of the side) moves to (0.5 + s (x - 0.5) + dx, 0.5 + s (y - 0.5) + dy).
-
-  Returns the frame, or (frame, (s, dx, dy)) with `return_transform` (dx, dy as shares of the
-  side).
-  """
-  h, w = frame.shape[:2]
-  s = 1.0 + rng.uniform(-max_scale, max_scale)
-  dx, dy = rng.uniform(-max_shift, max_shift, 2) * (w, h)
-  # PIL's affine maps output (x, y) to input (a x + b y + c, d x + e y + f).
-  cx, cy = w / 2, h / 2
-  coeffs = (1 / s, 0, cx - (cx + dx) / s, 0, 1 / s, cy - (cy + dy) / s)
-  # Replicate the edges so the zoomed-out / shifted border is not black.
-  ph, pw = max(2, int(0.15 * h)), max(2, int(0.15 * w))
-  padded = np.pad(frame, ((ph, ph), (pw, pw), (0, 0)), mode="edge")
-  coeffs = (coeffs[0], 0, coeffs[2] + pw, 0, coeffs[4], coeffs[5] + ph)
-  out = np.asarray(Image.fromarray(padded).transform((w, h), Image.AFFINE, coeffs,
-                                                     Image.BILINEAR), np.uint8)
-  return (out, (s, dx / w, dy / h)) if return_transform else out
-
-
-def move_box(box: np.ndarray, transform) -> np.ndarray:
-  """(..., 4) (cx, cy, half w, half h) boxes in shares of the side, after a `scale_shift`."""
-  s, dx, dy = transform
-  box = np.array(box, np.float32)
-  box[..., 0] = 0.5 + s * (box[..., 0] - 0.5) + dx
-  box[..., 1] = 0.5 + s * (box[..., 1] - 0.5) + dy
-  box[..., 2:] *= s
-  return box
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,12 +182,12 @@ class _LatentElement:
     other = self._other(k, rng)
     imgs = _resize(np.stack([src, drv, drv2, other]), self.resolution)
     if self.augment:
-      imgs[:3] = colour_jitter(imgs[:3], rng)
+      imgs[:3] = augment.colour_jitter(imgs[:3], rng)
       for i in (1, 2):  # the drivers
-        imgs[i], moved = scale_shift(imgs[i], rng, return_transform=True)
+        imgs[i], moved = augment.scale_shift(imgs[i], rng, return_transform=True)
         labels[i, 3] += valid[i] * np.float32(np.log(moved[0]))  # face zoomed
         if valid[i]:  # unlabelled rows keep the all-zero box
-          boxes[i] = move_box(boxes[i], moved)
+          boxes[i] = augment.move_box(boxes[i], moved)
     return {"source": imgs[0], "driver": imgs[1], "driver2": imgs[2], "other": imgs[3],
             "motion_labels": labels, "labels_valid": valid, "mouth_box": boxes}
 
@@ -480,36 +206,6 @@ class _LatentElement:
 
 
 # --------------------------------------------------------------------------- stage 2 elements
-
-
-def augment_log_mel(feats: np.ndarray, rng: np.random.Generator, gain: float, tilt: float,
-                    freq_mask: int) -> np.ndarray:
-  """One random recording-channel change of log-mel features, in the power domain.
-
-  A stage 2 trained on a few hundred clips otherwise tells clips apart by their loudness and
-  microphone colour and learns their motion by heart: on unseen speakers its mouth did not
-  follow the speech (`vasa-jax eval-motion`). The change keeps what the lips follow, the timing
-  of loudness within the window: an overall gain of up to +-`gain` nats, a linear spectral tilt
-  of up to +-`tilt` nats from the lowest to the highest band, and one run of up to `freq_mask`
-  bands set to silence (SpecAugment's frequency mask).
-
-  Args:
-    feats: (..., 80) log(mel power + LOG_EPS) (`audio_features.log_mel`); one draw for all of it.
-    rng: generator.
-    gain, tilt: largest changes (natural log of power); freq_mask: widest masked run (bands).
-  Returns:
-    float32 array of the shape of `feats`.
-  """
-  n_mels = feats.shape[-1]
-  shift = (rng.uniform(-gain, gain) +
-           rng.uniform(-tilt, tilt) * np.linspace(-1.0, 1.0, n_mels))  # (80,)
-  keep = np.ones((n_mels,), np.float64)
-  width = int(rng.integers(0, freq_mask + 1)) if freq_mask > 0 else 0
-  if width:
-    lo = int(rng.integers(0, n_mels - width + 1))
-    keep[lo:lo + width] = 0.0
-  power = np.maximum(np.exp(np.asarray(feats, np.float64)) - LOG_EPS, 0.0)
-  return np.log(power * np.exp(shift) * keep + LOG_EPS).astype(np.float32)
 
 
 def window_starts(num_frames: int, window: int, context: int) -> list[int]:
@@ -554,7 +250,7 @@ class _MotionElement:
     lo = max(start - c, 0)
     audio = feats[lo:start + w]  # (<= K + W, 4, 80): the context, then the window
     if self.audio_augment is not None:  # the same change for the window and its context
-      audio = augment_log_mel(audio, rng, *self.audio_augment)
+      audio = augment.augment_log_mel(audio, rng, *self.audio_augment)
     if has_prev:
       motion_prev, audio_prev = motion[start - c:start], audio[:c]
     else:
@@ -563,13 +259,13 @@ class _MotionElement:
     distance = distance_control(rec["face_scale"][start:start + w], self.scale_mean,
                                 self.scale_std)
     emotion = np.zeros((self.emotion_dim,), np.float32)
-    label = emotion_from_name(str(rec.get("clip", "")))
+    label = clip_labels.emotion_from_name(str(rec.get("clip", "")))
     has_emotion = label is not None and label < self.emotion_dim
     if has_emotion:
       emotion[label] = 1.0
     elif self.network_emotions and emotion_labels.KEY in rec:
       emotion = emotion_labels.control_vector(rec[emotion_labels.KEY][start:start + w],
-                                              EMOTIONS[:self.emotion_dim])
+                                              clip_labels.EMOTIONS[:self.emotion_dim])
       has_emotion = True
     return {
         "motion": motion[start:start + w],  # (W, Dm)
@@ -578,7 +274,7 @@ class _MotionElement:
         "audio_prev": audio_prev,  # (K, 4, 80)
         "has_prev": np.asarray(has_prev),
         "gaze": (np.asarray(rec["main_gaze"], np.float32).reshape(2) if "main_gaze" in rec
-                 else main_gaze(rec["gaze"])),  # (2,)
+                 else clip_labels.main_gaze(rec["gaze"])),  # (2,)
         "distance": np.asarray([distance], np.float32),  # (1,)
         "emotion": emotion,  # (E,)
         "emotion_mask": np.asarray(has_emotion),
@@ -650,7 +346,8 @@ def _latent_parts(config, split: str, synthetic: bool | None):
                            seed=int(config.seed) + (0 if split == "train" else 1))
   else:
     index = records.ClipIndex.load(config.data.shards)
-    clips = ClipSource(index, entries=split_entries(index, split, **split_args(config.data)))
+    clips = ClipSource(index, entries=splits.split_entries(index, split,
+                                                         **splits.split_args(config.data)))
   counts = np.array([e["frames"] for e in clips.entries], np.int64)
   offsets = np.concatenate([[0], np.cumsum(counts)])
   label_cfg = None
@@ -733,7 +430,8 @@ def _motion_parts(config, split: str, synthetic: bool | None):
     stats, scale_stats = clips.stats, clips.face_scale_stats
   else:
     index = records.ClipIndex.load(config.data.motion)
-    clips = ClipSource(index, entries=split_entries(index, split, **split_args(config.data)))
+    clips = ClipSource(index, entries=splits.split_entries(index, split,
+                                                         **splits.split_args(config.data)))
     stats = _load_motion_stats(index.root)
     if stats is None:
       # No stats file: compute them from this split's clips (extract-motion normally writes it).

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from vasa_jax.constants import FPS
+from vasa_jax.data import clip_labels
 from vasa_jax.errors import VasaInputError
 from vasa_jax.facenets import nets as nets_lib
 
@@ -107,9 +108,8 @@ def emotion_accuracy(probs: np.ndarray, emotion: str) -> dict[str, float]:
 
 
 def _emotion_of_name(path: str) -> str | None:
-  from vasa_jax.data import input_pipeline
-  idx = input_pipeline.emotion_from_name(os.path.basename(path))
-  name = None if idx is None else input_pipeline.EMOTIONS[idx]
+  idx = clip_labels.emotion_from_name(os.path.basename(path))
+  name = None if idx is None else clip_labels.EMOTIONS[idx]
   return name if name in TO_FER else None
 
 

@@ -27,7 +27,7 @@ was trained to keep this z_id (the cross-identity loss), so a high `id_cross` is
 sufficient, for a kept identity: look at the grid too.
 
 Clips are split into training persons and unseen persons by the run's `config.data.val_persons`
-(`input_pipeline.split_persons`); `compare_splits` reports both and their gap.
+(`splits.split_persons`); `compare_splits` reports both and their gap.
 
 Outputs (when `out` is given): `latent_quality.json` (every figure, per clip and per split),
 `latent_quality.md` (tables) and `latent_grid.png` (columns source | driver | reconstruction |
@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vasa_jax import fileio
-from vasa_jax.data import input_pipeline, records
+from vasa_jax.data import records, splits
 from vasa_jax.data.input_pipeline import ClipSource
 from vasa_jax.eval import report
 from vasa_jax.eval.report import fmt
@@ -132,14 +132,14 @@ def select_clips(entries: Sequence[dict], max_clips: int | None, seed: int = 0) 
 
 def _val_persons(config, index: records.ClipIndex, val_persons) -> tuple[list[str], list[str]]:
   """(validation persons present in the shards, configured ones that are missing): the run's
-  own split (`input_pipeline.split_args`, val_fraction_persons included) unless `val_persons` names
+  own split (`splits.split_args`, val_fraction_persons included) unless `val_persons` names
   them."""
-  kw = (input_pipeline.split_args(config.data) if val_persons is None
+  kw = (splits.split_args(config.data) if val_persons is None
         else {"val_persons": val_persons})
   known = set(index.persons)
   missing = sorted(p for p in kw["val_persons"] if p not in known)
   kw["val_persons"] = [p for p in kw["val_persons"] if p in known]
-  return input_pipeline.split_persons(index, **kw)[1], missing
+  return splits.split_persons(index, **kw)[1], missing
 
 
 def plan_pairs(chosen: Sequence[dict], frames_per_clip: int) -> list[tuple]:

@@ -52,7 +52,7 @@ import ml_collections
 import numpy as np
 
 from vasa_jax import config_utils, fileio, params_io
-from vasa_jax.data import audio_features, input_pipeline, records
+from vasa_jax.data import audio_features, clip_labels, input_pipeline, records, splits
 from vasa_jax.diffusion import sampler
 from vasa_jax.errors import VasaInputError
 from vasa_jax.eval import lipsync, report
@@ -118,7 +118,7 @@ def _controls(rec: dict, scale_stats: tuple[float, float], emotion_dim: int) -> 
   if "main_gaze" in rec:
     gaze = np.asarray(rec["main_gaze"], np.float32).reshape(2)
   elif "gaze" in rec:
-    gaze = input_pipeline.main_gaze(rec["gaze"])
+    gaze = clip_labels.main_gaze(rec["gaze"])
   distance = None
   if "face_scale" in rec:
     # One control for the whole sequence: the clip's mean face scale (training uses each
@@ -126,7 +126,7 @@ def _controls(rec: dict, scale_stats: tuple[float, float], emotion_dim: int) -> 
     distance = np.asarray([input_pipeline.distance_control(rec["face_scale"], *scale_stats)],
                           np.float32)
   emotion = None
-  label = input_pipeline.emotion_from_name(str(rec.get("clip", "")))
+  label = clip_labels.emotion_from_name(str(rec.get("clip", "")))
   if label is not None and label < emotion_dim:
     emotion = np.zeros((emotion_dim,), np.float32)
     emotion[label] = 1.0
@@ -262,10 +262,10 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
                  if latent_ckpt_or_none is not None else None)
   # The persons split as training split them (val_persons, val_fraction_persons, shuffle_seed),
   # unless `val_persons` names them; configured persons absent from this data are skipped.
-  split_kw = (input_pipeline.split_args(config.data) if val_persons is None
+  split_kw = (splits.split_args(config.data) if val_persons is None
               else {"val_persons": list(val_persons)})
   split_kw["val_persons"] = [p for p in split_kw["val_persons"] if p in set(index.persons)]
-  val_persons = input_pipeline.split_persons(index, **split_kw)[1]
+  val_persons = splits.split_persons(index, **split_kw)[1]
   split_kw = {"val_persons": val_persons}
   source = input_pipeline.ClipSource(index)
   pos = {e["clip"]: k for k, e in enumerate(index.clips)}
@@ -274,7 +274,7 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
   # below is per clip and blind to a clip's offset); a plain fit gives the plain R^2 for
   # reference.
   train_recs = [source[pos[e["clip"]]]
-                for e in input_pipeline.split_entries(index, "train", **split_kw)]
+                for e in splits.split_entries(index, "train", **split_kw)]
   x = np.concatenate([_motion(r) for r in train_recs])
   y = np.concatenate([np.asarray(r["mouth_open"], np.float64) for r in train_recs])
   groups = np.concatenate([np.full(len(r["mouth_open"]), k) for k, r in enumerate(train_recs)])
@@ -287,7 +287,7 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
   del train_recs
   if val_persons:
     val_recs = [source[pos[e["clip"]]]
-                for e in input_pipeline.split_entries(index, "val", **split_kw)]
+                for e in splits.split_entries(index, "val", **split_kw)]
     ridge_info.update(readout_r2(ridge, val_recs, "val", within=True))
     ridge_info.update(readout_r2(plain, val_recs, "val", within=False))
   else:
@@ -298,7 +298,7 @@ def evaluate_motion(latent_ckpt_or_none, motion_workdir, motion_dir, *, split: s
                             for d in np.argsort(-np.abs(ridge["w"]))[:5]]
 
   # 2. Generation for every clip of the split.
-  entries = input_pipeline.split_entries(index, split, **split_kw)
+  entries = splits.split_entries(index, split, **split_kw)
   if max_clips is not None:
     entries = entries[:max_clips]
   model = motion_dit.build_motion_model(config)

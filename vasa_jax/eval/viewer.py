@@ -79,7 +79,7 @@ def dlib_embedding(frames: np.ndarray) -> np.ndarray:
   return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-8)
 
 
-_MFN = {}
+_MFN = {}  # face-net directory -> jitted embedder: loading + compiling takes seconds
 _MFN_BATCH = 16
 HEAD_SIDE = 256  # head crops for MobileFaceNet, as `face_metrics` measures CSIM
 
@@ -90,21 +90,22 @@ def mobilefacenet_embedding(frames: np.ndarray) -> np.ndarray:
   `nets.identity_cosine` (CSIM)."""
   from vasa_jax.facenets import nets as nets_lib  # pylint: disable=import-outside-toplevel
   from vasa_jax.facenets import store  # pylint: disable=import-outside-toplevel
-  if not _MFN:
+  key = store.cache_dir()  # per directory: a changed $VASA_FACENETS must not reuse old nets
+  if key not in _MFN:
     try:
       nets = nets_lib.FaceNets.load(("mobilefacenet", "facemesh"), why="identity figures")
     except store.FaceNetsMissing as e:
       raise IdentityUnavailable(str(e)) from None
     import jax  # pylint: disable=import-outside-toplevel
     mean = np.asarray(nets_lib.IDENTITY_MEAN, np.float32)
-    _MFN["run"] = jax.jit(
+    _MFN[key] = jax.jit(
         lambda x: nets_lib.identity_embedding(nets, x.astype(np.float32) / 127.5 - 1) - mean)
   frames = np.asarray(frames, np.uint8)
   out = []
   for i in range(0, len(frames), _MFN_BATCH):
     chunk = frames[i:i + _MFN_BATCH]
     pad = _MFN_BATCH - len(chunk)  # one compiled shape
-    out.append(np.asarray(_MFN["run"](np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])))
+    out.append(np.asarray(_MFN[key](np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])))
                [:len(chunk)])
   emb = np.concatenate(out) if out else np.zeros((0, 192), np.float32)
   return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-8)

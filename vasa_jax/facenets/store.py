@@ -65,12 +65,20 @@ def load(name: str, directory: str | None = None, *, why: str = ""
     FaceNetsMissing: it was not fetched; the message names the command that fetches it.
   """
   d = directory or cache_dir()
-  if not available((name,), d):
-    need = f" ({why} needs it)" if why else ""
-    raise FaceNetsMissing(
-        f"face network {name!r} not found in {d}{need}. Fetch the face networks once with "
-        f"`{FETCH_COMMAND}` (or `make face-nets`; set {ENV_VAR} to use another directory).")
+  require((name,), d, why=why)
   return tfjs.load(d, name)
+
+
+def require(names: Sequence[str], directory: str | None = None, *, why: str = "") -> None:
+  """Raises `FaceNetsMissing` naming the fetch command unless every one of `names` is converted
+  in the cache (checks files only: a feature calls it before slow work, loads later)."""
+  d = directory or cache_dir()
+  for name in names:
+    if not available((name,), d):
+      need = f" ({why} needs it)" if why else ""
+      raise FaceNetsMissing(
+          f"face network {name!r} not found in {d}{need}. Fetch the face networks once with "
+          f"`{FETCH_COMMAND}` (or `make face-nets`; set {ENV_VAR} to use another directory).")
 
 
 def integrity_of(path: str) -> str:

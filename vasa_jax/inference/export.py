@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 
 from vasa_jax import params_io
-from vasa_jax.data import input_pipeline
+from vasa_jax.data import synthetic
 from vasa_jax.errors import CheckpointError
 from vasa_jax.inference import pipeline
 from vasa_jax.inference.extract_motion import generator_params
@@ -23,7 +23,7 @@ def motion_stats_for(motion_config) -> dict:
                             "exist (written by `vasa-jax extract-motion`).")
     return json.loads(path.read_text())
   # Synthetic training data: its own statistics.
-  clips = input_pipeline.SyntheticMotion(int(motion_config.data.synthetic_clips),
+  clips = synthetic.SyntheticMotion(int(motion_config.data.synthetic_clips),
                                     int(motion_config.data.synthetic_frames),
                                     int(motion_config.model.z_pose_dim),
                                     int(motion_config.model.z_dyn_dim), seed=int(motion_config.seed))

@@ -33,6 +33,7 @@ import numpy as np
 
 from vasa_jax.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from vasa_jax.data import face_crop, face_labels, media
+from vasa_jax.data.clip_labels import EMOTIONS  # the emotion control's order, as trained
 from vasa_jax.diffusion import sampler as sampler_lib
 from vasa_jax.errors import CheckpointError, VasaInputError
 from vasa_jax.image_ops import to_uint8_image
@@ -42,7 +43,6 @@ from vasa_jax.inference.streaming import SAMPLE_LOOKAHEAD
 from vasa_jax.models import face_model, layers, motion_dit, motion_labels
 from vasa_jax.models.face_model import FaceModel
 
-EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
 
 
 @dataclasses.dataclass
