@@ -206,6 +206,57 @@ def test_variable_frame_rate_keeps_duration_and_sync(tmp_path):
   assert native.fps == 30.0 and abs(native.num_frames - 90) <= 1
 
 
+@pytest.mark.parametrize("rotation,turns", [("90", 1), ("-90", 3), ("180", 2)])
+def test_rotated_phone_clip_reads_upright(tmp_path, rotation, turns):
+  # A phone stores portrait video landscape plus a display matrix; frames come out as shown.
+  frames = np.zeros((3, 32, 48, 3), np.uint8)
+  frames[:, :, :12] = (230, 40, 40)
+  frames[:, :8] = (40, 40, 230)
+  path = media.write_video(tmp_path / "a.mp4", frames, fps=25)
+  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-display_rotation",
+                  rotation, "-i", path, "-c", "copy", str(tmp_path / "r.mp4")], check=True)
+  upright = media.read_video(path, with_audio=False).frames
+  video = media.read_video(tmp_path / "r.mp4", with_audio=False, max_side=40)
+  expected = np.rot90(upright, turns, axes=(1, 2))
+  assert video.frames.shape[1:3] == ((40, 26) if turns % 2 else (26, 40))
+  np.testing.assert_array_equal(
+      media.read_video(tmp_path / "r.mp4", with_audio=False).frames, expected)
+
+
+def _open_fds(path) -> int:
+  real = os.path.realpath(path)
+  fds = os.listdir("/proc/self/fd")
+  return sum(1 for fd in fds
+             if os.path.realpath(os.path.join("/proc/self/fd", fd)) == real)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_early_stop_closes_the_file(clip):
+  frames = media.iter_video_frames(clip["path"], fps=25, max_side=32)
+  first = next(frames)
+  assert first.shape == (26, 32, 3) and first.flags.writeable
+  assert _open_fds(clip["path"]) == 1
+  frames.close()
+  assert _open_fds(clip["path"]) == 0
+  for _ in media.iter_video_frames(clip["path"]):
+    break
+  import gc  # pylint: disable=import-outside-toplevel
+  gc.collect()  # a generator abandoned by `break` is closed when collected
+  assert _open_fds(clip["path"]) == 0
+
+
+def test_damaged_video_data_names_the_file(clip, tmp_path):
+  # Header intact, frame data replaced by noise: no frame decodes, and the message says so.
+  data = open(clip["path"], "rb").read()
+  start = data.index(b"mdat") + 4
+  noise = np.random.default_rng(0).integers(0, 256, len(data) - start, dtype=np.uint8)
+  (tmp_path / "noise.mp4").write_bytes(data[:start] + noise.tobytes())
+  with pytest.raises(VasaInputError, match="noise.mp4.*no decodable frames"):
+    media.read_video(tmp_path / "noise.mp4")
+  with pytest.raises(VasaInputError, match="no decodable frames"):
+    list(media.iter_video_frames(tmp_path / "noise.mp4"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Images.
 
