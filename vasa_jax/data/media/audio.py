@@ -1,4 +1,4 @@
-"""Reading audio (soundfile, or ffmpeg for other containers) as float32 mono at 16 kHz
+"""Reading audio (soundfile, or PyAV for other containers) as float32 mono at 16 kHz
 (soxr resampling), and writing wav.
 
 Conventions: see `vasa_jax.data.media`.
@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 
 import numpy as np
 import soundfile
 import soxr
 
 from vasa_jax.constants import SAMPLE_RATE
-from vasa_jax.data.media.probing import (MediaInfo, _check_exists, _ffmpeg, _ffmpeg_input, _tail,
-                                         probe)
+from vasa_jax.data.media.probing import _check_exists, _ffmpeg_input, probe
 from vasa_jax.errors import VasaInputError
 from vasa_jax.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
-# Containers that libsndfile decodes directly; everything else goes through ffmpeg.
+# Containers that libsndfile decodes directly; everything else goes through PyAV (libavcodec).
 _SOUNDFILE_EXTS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
 
 
@@ -80,32 +78,86 @@ def _finish_audio(x: np.ndarray, orig_sr: int, sr: int, name: str) -> np.ndarray
   return np.ascontiguousarray(x)
 
 
-def _decode_audio_ffmpeg(path: str, info: MediaInfo) -> tuple[np.ndarray, int]:
-  """First audio stream -> (N, C) float32 at the source rate, via an f32le pipe.
+def _decode_audio_av(path: str) -> tuple[np.ndarray, int]:
+  """First audio stream -> (N, C) float32 at the source rate, decoded in-process with PyAV.
 
-  The channels come out as they are and are mixed by `to_mono` (as on the soundfile path).
-  This stays on the ffmpeg binary rather than PyAV: the binary trims the padding an mp4's edit
-  list marks (PyAV's decode returns up to ~400 samples more at the end, which changes a clip's
-  frame count).
+  The channels come out as they are and are mixed by `to_mono` (as on the soundfile path). The
+  samples are those `ffmpeg -i path -f f32le` gives: the decoder drops the encoder's priming
+  samples, and for mp4/mov the end is cut where the edit list ends the stream (AAC's last
+  frame is padded to 1024 samples).
   """
-  src_sr = info.audio_sr or SAMPLE_RATE
-  channels = info.audio_channels or 1
-  cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", _ffmpeg_input(path),
-         "-map", "0:a:0", "-vn", "-ac", str(channels), "-ar", str(src_sr), "-f", "f32le",
-         "-acodec", "pcm_f32le", "-"]
-  proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-  if proc.returncode != 0:
-    err = proc.stderr.decode("utf-8", errors="replace").strip()
-    raise VasaInputError(f"Cannot decode the audio of {path!r}: {_tail(err)}. Re-export it.")
-  data = np.frombuffer(proc.stdout, dtype="<f4")
-  return data[:data.size - data.size % channels].reshape(-1, channels), src_sr
+  import av  # pylint: disable=import-outside-toplevel
+  try:
+    container = av.open(_ffmpeg_input(path), metadata_errors="ignore")
+  except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
+    raise VasaInputError(f"Cannot decode the audio of {path!r}: {_reason(e)}. "
+                         f"Re-export it.") from None
+  with container:
+    stream = container.streams.audio[0]
+    end = None  # where the stream ends, in seconds, for trimming the last frame
+    chunks = []  # (start time in seconds or None, (n, C) float32)
+    resampler = None
+    sr = channels = layout = None
+    errors = []
+    try:
+      for packet in container.demux(stream):
+        if packet.pts is not None and packet.duration:
+          pkt_end = (packet.pts + packet.duration) * packet.time_base
+          end = pkt_end if end is None else max(end, pkt_end)
+        try:
+          frames = packet.decode()
+        except av.InvalidDataError as e:  # the CLI skips a bad packet too
+          errors.append(e)
+          continue
+        for frame in frames:
+          if sr is None:
+            sr, channels, layout = frame.sample_rate, len(frame.layout.channels), frame.layout.name
+          start = frame.pts * frame.time_base if frame.pts is not None else None
+          if (frame.format.name not in ("flt", "fltp") or frame.sample_rate != sr
+              or len(frame.layout.channels) != channels):
+            if resampler is None:  # as -ar/-ac do: to the first frame's rate and layout
+              resampler = av.AudioResampler(format="fltp", layout=layout, rate=sr)
+            chunks.extend((start, _samples(f)) for f in resampler.resample(frame))
+          else:
+            chunks.append((start, _samples(frame)))
+      if resampler is not None:
+        chunks.extend((None, _samples(f)) for f in resampler.resample(None))
+    except av.FFmpegError as e:
+      raise VasaInputError(f"Cannot decode the audio of {path!r}: {_reason(e)}. "
+                           f"Re-export it.") from None
+    if "mov" in container.format.name and stream.duration is not None:
+      stream_end = ((stream.start_time or 0) + stream.duration) * stream.time_base
+      end = stream_end if end is None else min(end, stream_end)
+    elif "mov" not in container.format.name:
+      end = None
+  if not chunks:
+    reason = f" ({_reason(errors[-1])})" if errors else ""
+    raise VasaInputError(f"Cannot decode the audio of {path!r}: no decodable audio{reason}. "
+                         f"Re-export it.")
+  if end is not None:
+    chunks = [(t, x[:max(int(round((end - t) * sr)), 0)] if t is not None else x)
+              for t, x in chunks]
+  return np.concatenate([x for _, x in chunks], axis=0), int(sr)
+
+
+def _samples(frame) -> np.ndarray:
+  """(n, C) float32 from a float audio frame, planar or packed."""
+  x = frame.to_ndarray()
+  if frame.format.is_planar:
+    return np.ascontiguousarray(x.T, dtype=np.float32)
+  return x.reshape(-1, len(frame.layout.channels)).astype(np.float32, copy=False)
+
+
+def _reason(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def read_audio(path_or_array, sr: int = SAMPLE_RATE, orig_sr: int | None = None) -> np.ndarray:
   """Reads audio as mono float32 at `sr`.
 
   wav/flac/ogg are read with soundfile; mp3/m4a/aac and video files (mp4/mov/mpg/avi/webm/flv/
-  mkv) are decoded by the bundled ffmpeg. Channels are mixed by `to_mono` (averaged unless they
+  mkv) are decoded in-process by PyAV's libavcodec. Channels are mixed by `to_mono` (averaged unless they
   cancel), float samples beyond +-1 are peak-normalised, and the rate is converted with soxr.
 
   Args:
@@ -129,12 +181,12 @@ def read_audio(path_or_array, sr: int = SAMPLE_RATE, orig_sr: int | None = None)
       data, file_sr = soundfile.read(path, dtype="float32", always_2d=True)
       return _finish_audio(data, int(file_sr), sr, repr(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
-      pass  # e.g. an odd codec inside a wav: let ffmpeg try before giving up
+      pass  # e.g. an odd codec inside a wav: let libavcodec try before giving up
   info = probe(path)
   if not info.has_audio:
     raise VasaInputError(f"{path!r} has no audio stream. Give a separate audio file (wav/mp3) or "
                          f"a video with sound.")
-  data, file_sr = _decode_audio_ffmpeg(path, info)
+  data, file_sr = _decode_audio_av(path)
   return _finish_audio(data, file_sr, sr, repr(path))
 
 
