@@ -6,19 +6,18 @@ Conventions: see `vasa_jax.data.media`.
 from __future__ import annotations
 
 import contextlib
+import fractions
 import logging
 import os
 import re
-import subprocess
 import tempfile
 from typing import Iterable
 
 import numpy as np
-import soundfile
 
 from vasa_jax.constants import FPS, SAMPLE_RATE
 from vasa_jax.data.media.audio import read_audio
-from vasa_jax.data.media.probing import _ffmpeg, _ffmpeg_input
+from vasa_jax.data.media.probing import _ffmpeg_input
 from vasa_jax.errors import VasaInputError
 from vasa_jax.fileio import atomic_path
 
@@ -165,11 +164,88 @@ def _fit_audio(audio: np.ndarray, num_samples: int) -> np.ndarray:
   return np.pad(audio, (0, num_samples - audio.shape[0]))
 
 
-def _run_ffmpeg(cmd: list[str], what: str) -> None:
-  proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-  if proc.returncode != 0:
-    err = proc.stderr.decode("utf-8", errors="replace").strip()
-    raise RuntimeError(f"ffmpeg failed while {what}: {err[-500:]}")
+def _frame_rate(fps: float) -> fractions.Fraction:
+  """The rate as ffmpeg reads `-r {fps:g}`: 25 -> 25, 29.97 -> 2997/100."""
+  return fractions.Fraction(f"{fps:g}")
+
+
+def _open_output(path: str, metadata_comment: str | None):
+  """An mp4 being written in-process; `moov` moved to the front on close (faststart)."""
+  import av  # pylint: disable=import-outside-toplevel
+  out = av.open(_ffmpeg_input(path), "w", format="mp4", options={"movflags": "+faststart"})
+  if metadata_comment is not None:
+    out.metadata["comment"] = metadata_comment
+  return out
+
+
+class _Encoder:
+  """RGB frames -> H.264 yuv420p packets in an open mp4, as `ffmpeg -f rawvideo -pix_fmt rgb24
+  -r FPS -i - -c:v libx264 -preset P -crf C -pix_fmt yuv420p` encodes them: the same
+  libswscale conversion (bicubic, the CLI's default flags) and the same x264 settings."""
+
+  def __init__(self, container, width: int, height: int, rate: fractions.Fraction, crf: int,
+               preset: str):
+    import av  # pylint: disable=import-outside-toplevel
+    self.container = container
+    self.rate = rate
+    self.stream = container.add_stream(
+        "libx264", rate=rate, width=width, height=height, pix_fmt="yuv420p",
+        time_base=1 / rate, options={"crf": str(crf), "preset": preset},
+        bit_rate_tolerance=4_000_000)  # ffmpeg's default; PyAV's own is smaller
+    self.stream.thread_type = "AUTO"  # frame threads, as the CLI runs x264
+    self.graph = graph = av.filter.Graph()
+    chain = [graph.add("buffer", video_size=f"{width}x{height}", pix_fmt="rgb24",
+                       time_base=str(1 / rate), pixel_aspect="1/1"),
+             graph.add("scale", "flags=bicubic"), graph.add("format", "yuv420p"),
+             graph.add("buffersink")]
+    graph.link_nodes(*chain)
+    graph.configure()
+    self.pts = 0
+
+  def write(self, rgb: np.ndarray) -> None:
+    import av  # pylint: disable=import-outside-toplevel
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    frame.pts, frame.time_base = self.pts, 1 / self.rate
+    self.pts += 1
+    self.graph.vpush(frame)
+    self._drain()
+
+  def finish(self) -> None:
+    self.graph.vpush(None)
+    self._drain()
+    self.container.mux(self.stream.encode(None))
+
+  def _drain(self) -> None:
+    import av  # pylint: disable=import-outside-toplevel
+    while True:
+      try:
+        frame = self.graph.vpull()
+      except (av.BlockingIOError, av.EOFError):
+        return
+      self.container.mux(self.stream.encode(frame))
+
+
+def _aac_packets(container, audio: np.ndarray, sr: int) -> list:
+  """(N,) float audio -> AAC packets (128 kb/s) for a new stream of `container`.
+
+  The samples go through 16-bit first, as they did when a 16-bit wav fed the encoder.
+  """
+  import av  # pylint: disable=import-outside-toplevel
+  stream = container.add_stream("aac", rate=sr, bit_rate=128_000, layout="mono",
+                                bit_rate_tolerance=4_000_000)  # ffmpeg's default
+  # libsndfile's float -> 16-bit step (floor of x * 2^15), then libswresample's way back.
+  pcm = np.clip(np.floor(np.clip(audio, -1.0, 1.0) * 32768.0), -32768, 32767) / 32768.0
+  pcm = pcm.astype(np.float32)
+  size = stream.codec_context.frame_size or 1024
+  packets = []
+  for start in range(0, pcm.shape[0], size):
+    chunk = pcm[None, start:start + size]
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp",
+                                       layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = sr, start, fractions.Fraction(1, sr)
+    packets.extend(stream.encode(frame))
+  packets.extend(stream.encode(None))
+  return stream, packets
 
 
 class VideoWriter:
@@ -216,9 +292,9 @@ class VideoWriter:
     self.preset = preset
     self.num_frames = 0
     self._audio = None
-    self._proc = None
+    self._out = None  # the temporary video-only mp4 being written
+    self._encoder = None
     self._tmp_video = None
-    self._stderr = None
     self._closed = False
     if audio is not None:
       self.set_audio(audio, sr)
@@ -250,16 +326,16 @@ class VideoWriter:
       self.size = tuple(frames.shape[1:3])
     if tuple(frames.shape[1:3]) != self.size:
       raise ValueError(f"frame size {frames.shape[1:3]} differs from the video size {self.size}")
-    if self._proc is None:
+    import av  # pylint: disable=import-outside-toplevel
+    if self._encoder is None:
       self._start()
     for frame in frames:
       if self.watermark:
         frame = add_watermark(frame)
-      data = np.ascontiguousarray(_even_pad(frame)).tobytes()
       try:
-        self._proc.stdin.write(data)
-      except (BrokenPipeError, OSError) as e:
-        raise RuntimeError(f"ffmpeg stopped while writing {self.path!r}: {self._err()}") from e
+        self._encoder.write(np.ascontiguousarray(_even_pad(frame)))
+      except av.FFmpegError as e:
+        raise RuntimeError(f"Encoding {self.path!r} failed: {e}") from e
       self.num_frames += 1
 
   def close(self) -> None:
@@ -267,25 +343,27 @@ class VideoWriter:
     if self._closed:
       return
     self._closed = True
+    import av  # pylint: disable=import-outside-toplevel
     try:
-      if self._proc is None or self.num_frames == 0:
+      if self._encoder is None or self.num_frames == 0:
         raise ValueError(f"no frames were written to {self.path!r}")
-      self._proc.stdin.close()
-      if self._proc.wait() != 0:
-        raise RuntimeError(f"ffmpeg failed writing {self.path!r}: {self._err()}")
+      try:
+        self._encoder.finish()
+        self._out.close()
+        self._out = None
+      except av.FFmpegError as e:
+        raise RuntimeError(f"Encoding {self.path!r} failed: {e}") from e
       with atomic_path(self.path, suffix=".tmp.mp4") as tmp_out:
         if self._audio is None:
           os.replace(self._tmp_video, tmp_out)
         else:
           self._mux(tmp_out)
     finally:
-      self._kill()
       self._cleanup()
 
   def abort(self) -> None:
-    """Stops ffmpeg and removes the temporary files; nothing is written at `path`."""
+    """Stops encoding and removes the temporary files; nothing is written at `path`."""
     self._closed = True
-    self._kill()
     self._cleanup()
 
   def __enter__(self) -> "VideoWriter":
@@ -299,11 +377,6 @@ class VideoWriter:
 
   # -- internals ---------------------------------------------------------------------------------
 
-  def _meta_args(self) -> list[str]:
-    if self.metadata_comment is None:
-      return []
-    return ["-metadata", f"comment={self.metadata_comment}"]
-
   def _start(self) -> None:
     h, w = self.size
     h, w = h + h % 2, w + w % 2
@@ -312,60 +385,49 @@ class VideoWriter:
     fd, self._tmp_video = tempfile.mkstemp(
         dir=directory, prefix=_temp_prefix(self._target), suffix=".video.tmp.mp4")
     os.close(fd)
-    # stderr goes to a file, not a pipe: a full pipe would block ffmpeg while we block on stdin.
-    self._stderr = tempfile.TemporaryFile()
-    cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{self.fps:g}",
-           "-i", "-", "-an", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
-           "-pix_fmt", "yuv420p", *self._meta_args(), "-movflags", "+faststart",
-           "-f", "mp4", _ffmpeg_input(self._tmp_video)]
-    self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                  stderr=self._stderr)
+    self._out = _open_output(self._tmp_video, self.metadata_comment)
+    self._encoder = _Encoder(self._out, w, h, _frame_rate(self.fps), self.crf, self.preset)
 
   def _mux(self, out_path: str) -> None:
+    """Copies the encoded video and adds the AAC audio, cut or padded to the video's length."""
+    import av  # pylint: disable=import-outside-toplevel
     num_samples = int(round(self.num_frames * self.sr / self.fps))
     audio = _fit_audio(self._audio, num_samples)
-    directory = os.path.dirname(self._target)
-    fd, wav = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(self._target),
-                               suffix=".audio.tmp.wav")
-    os.close(fd)
     try:
-      soundfile.write(wav, np.clip(audio, -1.0, 1.0), self.sr, subtype="PCM_16", format="WAV")
-      _run_ffmpeg([_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-                   "-i", _ffmpeg_input(self._tmp_video), "-i", _ffmpeg_input(wav),
-                   "-map", "0:v:0", "-map", "1:a:0",
-                   "-c:v", "copy", "-c:a", "aac", "-b:a", "128k", *self._meta_args(),
-                   "-movflags", "+faststart", "-f", "mp4", _ffmpeg_input(out_path)],
-                  f"muxing {self.path!r}")
-    finally:
-      with contextlib.suppress(OSError):
-        os.remove(wav)
-
-  def _kill(self) -> None:
-    """Stops a still-running encoder (after an error it may be waiting on stdin)."""
-    if self._proc is not None and self._proc.poll() is None:
-      with contextlib.suppress(OSError):
-        self._proc.stdin.close()
-      self._proc.kill()
-      self._proc.wait()
-
-  def _err(self) -> str:
-    if self._stderr is None:
-      return ""
-    with contextlib.suppress(OSError, ValueError):
-      self._stderr.seek(0)
-      return self._stderr.read().decode("utf-8", errors="replace")[-500:]
-    return ""
+      with av.open(_ffmpeg_input(self._tmp_video)) as src, \
+          _open_output(out_path, self.metadata_comment) as dst:
+        video_in = src.streams.video[0]
+        video_out = dst.add_stream_from_template(video_in)
+        audio_out, audio_packets = _aac_packets(dst, audio, self.sr)
+        pending = iter(audio_packets)
+        nxt = next(pending, None)
+        for packet in src.demux(video_in):
+          if packet.dts is None:  # the demuxer's end-of-stream marker
+            continue
+          # Interleave by time, as ffmpeg's muxing pass did.
+          t = packet.dts * packet.time_base
+          while nxt is not None and nxt.dts * nxt.time_base <= t:
+            dst.mux(nxt)
+            nxt = next(pending, None)
+          packet.stream = video_out
+          dst.mux(packet)
+        while nxt is not None:
+          dst.mux(nxt)
+          nxt = next(pending, None)
+        del audio_out
+    except av.FFmpegError as e:
+      raise RuntimeError(f"Muxing the audio into {self.path!r} failed: {e}") from e
 
   def _cleanup(self) -> None:
+    if self._out is not None:
+      with contextlib.suppress(Exception):
+        self._out.close()
+      self._out = None
+    self._encoder = None
     if self._tmp_video is not None:
       with contextlib.suppress(OSError):
         os.remove(self._tmp_video)
       self._tmp_video = None
-    if self._stderr is not None:
-      with contextlib.suppress(OSError, ValueError):
-        self._stderr.close()
-      self._stderr = None
 
 
 def write_video(path, frames: np.ndarray | Iterable[np.ndarray], fps: float = FPS,
