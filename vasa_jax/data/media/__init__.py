@@ -1,9 +1,11 @@
-"""Image, audio and video input/output through PIL, soundfile, PyAV and the bundled ffmpeg.
+"""Image, audio and video input/output through PIL, soundfile and PyAV.
 
-Streams are probed with PyAV (`av`: libavformat's own fields, no log text parsed). Video decoding
-(through ffmpeg's `fps` filter) and encoding use the binary shipped with `imageio_ffmpeg`
-(`imageio_ffmpeg.get_ffmpeg_exe()`), so no system ffmpeg is needed. Every file name reaches
-libavformat as a `file:` path, so no name is ever read as a protocol (`concat:a|b`).
+Video and audio are decoded, encoded and probed in-process with PyAV (`av`, FFmpeg's libraries
+bundled in its wheel): no ffmpeg binary is run and no log text is parsed, so no system ffmpeg is
+needed. Video frames go through the filter graph the ffmpeg CLI would build (autorotation, the
+`fps` filter, area downscaling, rgb24 conversion) and come out identical to its output. Every
+file name reaches libavformat as a `file:` path, so no name is ever read as a protocol
+(`concat:a|b`).
 
 Conventions (docs/design.md): frames are uint8 (H, W, 3) RGB; audio is float32 mono at 16 kHz;
 video is 25 fps, so one frame spans 640 audio samples. Writes are atomic: a temporary file in the

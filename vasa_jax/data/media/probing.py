@@ -1,5 +1,5 @@
 """Probing media files with PyAV (`av`: libavformat's own fields, no log text parsed), and
-the ffmpeg binary and `file:` paths the other media modules share.
+the `file:` paths and frame-rate helpers the other media modules share.
 
 Conventions: see `vasa_jax.data.media`.
 """
@@ -35,20 +35,6 @@ class MediaInfo:
     """The stream's nominal frame rate: tbr when plausible, else the average fps."""
     rate = _nominal_rate(self.fps, self.tbr)
     return None if rate is None else float(rate)
-
-
-def _ffmpeg() -> str:
-  # Imported here: arrays and the formats libsndfile reads never need ffmpeg, so sampling-only
-  # hosts (a TPU pod, a GPU box for benchmarks) need not carry its binary.
-  import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
-  return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def _tail(text: str, max_lines: int = 3) -> str:
-  """Last meaningful lines of an ffmpeg log (progress lines dropped), for error messages."""
-  lines = [l.strip() for l in text.splitlines()
-           if l.strip() and not l.strip().startswith(("frame=", "==="))]
-  return " | ".join(lines[-max_lines:])[-400:]
 
 
 def _check_exists(path, what: str) -> str:
