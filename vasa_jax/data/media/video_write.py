@@ -225,8 +225,8 @@ class _Encoder:
       self.container.mux(self.stream.encode(frame))
 
 
-def _aac_packets(container, audio: np.ndarray, sr: int) -> list:
-  """(N,) float audio -> AAC packets (128 kb/s) for a new stream of `container`.
+def _aac_packets(container, audio: np.ndarray, sr: int) -> tuple:
+  """(N,) float audio -> (new AAC stream of `container`, its packets), at 128 kb/s.
 
   The samples go through 16-bit first, as they did when a 16-bit wav fed the encoder.
   """
