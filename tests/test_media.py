@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import os
 import subprocess
 import time
@@ -240,7 +241,6 @@ def test_early_stop_closes_the_file(clip):
   assert _open_fds(clip["path"]) == 0
   for _ in media.iter_video_frames(clip["path"]):
     break
-  import gc  # pylint: disable=import-outside-toplevel
   gc.collect()  # a generator abandoned by `break` is closed when collected
   assert _open_fds(clip["path"]) == 0
 

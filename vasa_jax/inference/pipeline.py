@@ -44,7 +44,6 @@ from vasa_jax.models import face_model, layers, motion_dit, motion_labels
 from vasa_jax.models.face_model import FaceModel
 
 
-
 @dataclasses.dataclass
 class GenerationResult:
   """Frames (T, H, W, 3) uint8 at `fps`, the 16 kHz audio they follow, and the motion used.

@@ -13,7 +13,7 @@ import soundfile
 import soxr
 
 from vasa_jax.constants import SAMPLE_RATE
-from vasa_jax.data.media.probing import _check_exists, _ffmpeg_input, probe
+from vasa_jax.data.media.probing import _check_exists, _ffmpeg_input, _reason, probe
 from vasa_jax.errors import VasaInputError
 from vasa_jax.fileio import atomic_path
 
@@ -125,11 +125,11 @@ def _decode_audio_av(path: str) -> tuple[np.ndarray, int]:
     except av.FFmpegError as e:
       raise VasaInputError(f"Cannot decode the audio of {path!r}: {_reason(e)}. "
                            f"Re-export it.") from None
-    if "mov" in container.format.name and stream.duration is not None:
+    if "mov" not in container.format.name:
+      end = None  # only mp4/mov edit lists cut the decoded end
+    elif stream.duration is not None:
       stream_end = ((stream.start_time or 0) + stream.duration) * stream.time_base
       end = stream_end if end is None else min(end, stream_end)
-    elif "mov" not in container.format.name:
-      end = None
   if not chunks:
     reason = f" ({_reason(errors[-1])})" if errors else ""
     raise VasaInputError(f"Cannot decode the audio of {path!r}: no decodable audio{reason}. "
@@ -146,11 +146,6 @@ def _samples(frame) -> np.ndarray:
   if frame.format.is_planar:
     return np.ascontiguousarray(x.T, dtype=np.float32)
   return x.reshape(-1, len(frame.layout.channels)).astype(np.float32, copy=False)
-
-
-def _reason(e: Exception) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def read_audio(path_or_array, sr: int = SAMPLE_RATE, orig_sr: int | None = None) -> np.ndarray:

@@ -37,6 +37,12 @@ class MediaInfo:
     return None if rate is None else float(rate)
 
 
+def _reason(e: Exception) -> str:
+  """The first line of a libav error, for a one-line message."""
+  text = str(e).strip()
+  return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 def _check_exists(path, what: str) -> str:
   path = os.fspath(path)
   if not os.path.exists(path):
@@ -105,9 +111,8 @@ def probe(path) -> MediaInfo:
     with av.open(_ffmpeg_input(path), metadata_errors="ignore") as container:
       return _media_info(path, container)
   except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise VasaInputError(f"Cannot read media file {path!r}: it is corrupt or not a media file "
-                         f"({reason}). Re-export it as mp4/wav.") from None
+                         f"({_reason(e)}). Re-export it as mp4/wav.") from None
 
 
 def _rate(value) -> float | None:

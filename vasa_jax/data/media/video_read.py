@@ -17,7 +17,7 @@ import numpy as np
 from vasa_jax.constants import FPS, SAMPLE_RATE
 from vasa_jax.data.media.audio import read_audio
 from vasa_jax.data.media.probing import (MediaInfo, _check_exists, _exact_rate, _ffmpeg_input,
-                                         _nominal_rate, probe)
+                                         _nominal_rate, _reason, probe)
 from vasa_jax.errors import VasaInputError
 
 log = logging.getLogger(__name__)
@@ -167,12 +167,11 @@ class _FrameFilter:
     graph.link_nodes(*chain)
     graph.configure()
 
-  def push(self, frame) -> None:
-    self.graph.vpush(frame)
-
-  def pull(self) -> Iterator[tuple[int, fractions.Fraction, int, np.ndarray]]:
-    """(pts, time base, duration, (H, W, 3) uint8) of each frame the graph has ready."""
+  def filter(self, frame) -> Iterator[tuple[int, fractions.Fraction, int, np.ndarray]]:
+    """Pushes `frame` (None: end of stream, flush) and yields (pts, time base, duration,
+    (H, W, 3) uint8) of each frame the graph then has ready."""
     import av  # pylint: disable=import-outside-toplevel
+    self.graph.vpush(frame)
     while True:
       try:
         out = self.graph.vpull()
@@ -325,11 +324,6 @@ def _open_video(path: str):
   return container, stream
 
 
-def _reason(e: Exception) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0][:200] if text else type(e).__name__
-
-
 def _decoded(container, stream, errors: list) -> Iterator:
   """Decoded frames of `stream`; a packet that fails to decode is skipped and a read error
   ends the stream, as in the ffmpeg CLI. Both are recorded in `errors`."""
@@ -367,12 +361,10 @@ def _raw_frames(path: str, rate: fractions.Fraction | None,
         stamps.apply(frame)
         if filt is None:
           filt = _FrameFilter(frame, stream, rate, max_side)
-        filt.push(frame)
-        for out in filt.pull():
+        for out in filt.filter(frame):
           yield from cfr.push(*out)
       if filt is not None:
-        filt.push(None)
-        for out in filt.pull():
+        for out in filt.filter(None):
           yield from cfr.push(*out)
         yield from cfr.flush()
     except (av.FFmpegError, ValueError) as e:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import fractions
+import heapq
 import logging
 import os
 import re
 import tempfile
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -225,8 +226,8 @@ class _Encoder:
       self.container.mux(self.stream.encode(frame))
 
 
-def _aac_packets(container, audio: np.ndarray, sr: int) -> tuple:
-  """(N,) float audio -> (new AAC stream of `container`, its packets), at 128 kb/s.
+def _aac_packets(container, audio: np.ndarray, sr: int) -> list:
+  """(N,) float audio -> the packets of a new AAC stream (128 kb/s) of `container`.
 
   The samples go through 16-bit first, as they did when a 16-bit wav fed the encoder.
   """
@@ -245,7 +246,15 @@ def _aac_packets(container, audio: np.ndarray, sr: int) -> tuple:
     frame.sample_rate, frame.pts, frame.time_base = sr, start, fractions.Fraction(1, sr)
     packets.extend(stream.encode(frame))
   packets.extend(stream.encode(None))
-  return stream, packets
+  return packets
+
+
+def _copied_packets(container, stream_in, stream_out) -> Iterator:
+  """The packets of `stream_in`, retargeted to `stream_out` (no re-encoding)."""
+  for packet in container.demux(stream_in):
+    if packet.dts is not None:  # None: the demuxer's end-of-stream marker
+      packet.stream = stream_out
+      yield packet
 
 
 class VideoWriter:
@@ -397,24 +406,11 @@ class VideoWriter:
       with av.open(_ffmpeg_input(self._tmp_video)) as src, \
           _open_output(out_path, self.metadata_comment) as dst:
         video_in = src.streams.video[0]
-        video_out = dst.add_stream_from_template(video_in)
-        audio_out, audio_packets = _aac_packets(dst, audio, self.sr)
-        pending = iter(audio_packets)
-        nxt = next(pending, None)
-        for packet in src.demux(video_in):
-          if packet.dts is None:  # the demuxer's end-of-stream marker
-            continue
-          # Interleave by time, as ffmpeg's muxing pass did.
-          t = packet.dts * packet.time_base
-          while nxt is not None and nxt.dts * nxt.time_base <= t:
-            dst.mux(nxt)
-            nxt = next(pending, None)
-          packet.stream = video_out
+        video = _copied_packets(src, video_in, dst.add_stream_from_template(video_in))
+        audio_packets = _aac_packets(dst, audio, self.sr)
+        # Interleaved by time, as ffmpeg's muxing pass did (audio first on a tie).
+        for packet in heapq.merge(audio_packets, video, key=lambda p: p.dts * p.time_base):
           dst.mux(packet)
-        while nxt is not None:
-          dst.mux(nxt)
-          nxt = next(pending, None)
-        del audio_out
     except av.FFmpegError as e:
       raise RuntimeError(f"Muxing the audio into {self.path!r} failed: {e}") from e
 
