@@ -2,8 +2,11 @@
 file-name labels, and `label-emotions` on tiny shards and motion data (the network when fetched)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from vasa_jax import cli
 from vasa_jax.data import clip_labels, emotion_labels, input_pipeline, records
@@ -167,3 +170,50 @@ def test_emotion_control_summary_and_report(tmp_path):
   assert grid.shape[1] == 24 + 16 and grid.shape[0] == 14 + 8
   with pytest.raises(VasaInputError, match="contempt"):
     emotion_control.run(["p.png"], "s.wav", tmp_path, emotions=["contempt"])
+
+
+def test_emotion_transfer_groups_drivers_by_file_name_and_reports():
+  from vasa_jax.eval import emotion_transfer
+  groups = emotion_transfer.group_drivers(
+      ["d/M030_front_neutral_level1_001.mp4", "d/W009_front_sad_level3_001.mp4",
+       "d/1001_DFA_SAD_XX.flv"], "neutral")
+  assert groups == {"neutral": ["d/M030_front_neutral_level1_001.mp4"],
+                    "sad": ["d/W009_front_sad_level3_001.mp4", "d/1001_DFA_SAD_XX.flv"]}
+  with pytest.raises(VasaInputError, match="clip7.mp4: its file name states no emotion"):
+    emotion_transfer.group_drivers(["d/M030_front_neutral.mp4", "d/clip7.mp4"], "neutral")
+  with pytest.raises(VasaInputError, match="no class for"):
+    emotion_transfer.group_drivers(["d/M030_front_contempt_level3_001.mp4"], "neutral")
+  with pytest.raises(VasaInputError, match="baseline 'neutral'"):
+    emotion_transfer.group_drivers(["d/M030_front_sad_level3_001.mp4"], "neutral")
+  m = {"p_asked": 0.5, "p_baseline": 0.25, "delta": 0.25, "raised": 2, "portraits": 3}
+  md = emotion_transfer.render_markdown({
+      "settings": {"checkpoint": "x", "portraits": ["a", "b", "c"], "baseline": "neutral",
+                   "drivers": {"neutral": ["n"], "sad": ["s"]}, "max_frames": 9},
+      "rendered": {"sad": m}, "real": {"sad": dict(m, raised=1, portraits=1)},
+      "carried": ["sad"]})
+  assert "| sad | rendered | 0.5000 | 0.2500 | +0.2500 | 2/3 |" in md
+  assert "| sad | real drivers | 0.5000 | 0.2500 | +0.2500 | 1/1 |" in md
+  assert "3 portraits driven by 2 real clips (first 9 frames" in md
+
+
+def test_emotion_transfer_on_real_clips(tmp_path, shared_data, capsys):
+  """A happy and a neutral MEAD clip drive one unseen portrait: the report's real row sees the
+  smile (the network gives it ~0.85 against ~0.03), and the rendered rows are probabilities."""
+  if not store.available(("emotion",)):
+    pytest.skip("face networks not fetched: run `vasa-jax fetch-face-nets`")
+  clips = [shared_data / "silent" / f"dreamtalk__data_style_clip_video_M030_front_{e}_001.mp4"
+           for e in ("neutral_level1", "happy_level3")]
+  portrait = shared_data / "portraits" / "EAMM__test_image_14.png"
+  assert cli.main(["eval-emotion-transfer", "--portraits", str(portrait), "--drivers",
+                   *map(str, clips), "--out", str(tmp_path), "--max-frames", "6"]) == 0
+  assert "wrote" in capsys.readouterr().out
+  res = json.loads((tmp_path / "emotion_transfer.json").read_text())
+  assert list(res["real"]) == ["happy"] and res["real"]["happy"]["delta"] > 0.4
+  happy = res["rendered"]["happy"]
+  assert happy["portraits"] == 1 and 0 <= happy["p_asked"] <= 1 and 0 <= happy["p_baseline"] <= 1
+  assert res["carried"] == (["happy"] if happy["delta"] > 0 else [])
+  assert "| happy | real drivers |" in (tmp_path / "emotion_transfer.md").read_text()
+  # The grid: a title strip, then the driver's row and the portrait's, one column per emotion.
+  grid = np.asarray(Image.open(tmp_path / "emotion_transfer_grid.png"))
+  r = (grid.shape[0] - 14) // 2
+  assert grid.shape == (14 + 2 * r, max(24, r // 2) + 2 * r, 3)

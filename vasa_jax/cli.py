@@ -198,6 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--steps", type=int, default=None, help="sampling steps (default from checkpoint)")
   p.add_argument("--seed", type=int, default=0)
 
+  p = sub.add_parser("eval-emotion-transfer", help="can stage 1 carry a real expression onto "
+                     "unseen portraits? real emotion clips drive them -> JSON, markdown")
+  p.add_argument("--portraits", nargs="+", required=True, help="portrait images (unseen people)")
+  p.add_argument("--drivers", nargs="+", required=True, help="real clips whose file names state "
+                 "their emotion (MEAD, CREMA-D), the baseline's among them")
+  p.add_argument("--out", required=True, help="report directory")
+  p.add_argument("--checkpoint", help="stage 1 workdir, export or pipeline directory; default: "
+                 "the bundled demo checkpoint")
+  p.add_argument("--baseline", default="neutral")
+  p.add_argument("--max-frames", type=int, default=75, help="frames of each driver (default: "
+                 "%(default)s)")
+
   p = sub.add_parser("eval-motion", help="stage 2 lip sync of generated motion vs real motion "
                      "(ridge mouth signal, audio envelope, validation loss) -> JSON, markdown")
   p.add_argument("--motion-checkpoint", required=True, help="stage 2 workdir or export")
@@ -443,6 +455,12 @@ def _run(args, overrides):  # pylint: disable=too-many-return-statements
                         baseline=args.baseline, seconds=args.seconds, seed=args.seed,
                         steps=args.steps)
     print(f"eval-emotion: wrote {args.out}/{emotion_control.MD_NAME}")
+    return 0
+  if cmd == "eval-emotion-transfer":
+    from vasa_jax.eval import emotion_transfer
+    emotion_transfer.run(args.portraits, args.drivers, args.out, checkpoint=args.checkpoint,
+                         baseline=args.baseline, max_frames=args.max_frames)
+    print(f"eval-emotion-transfer: wrote {args.out}/{emotion_transfer.MD_NAME}")
     return 0
   if cmd == "eval-latent":
     from vasa_jax.eval import latent_quality
