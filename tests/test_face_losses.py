@@ -55,9 +55,11 @@ def test_face_losses_zero_on_targets_and_differentiable(face_nets):
     assert float(same[k]) == pytest.approx(0.0, abs=1e-4), k
   other = fn(b, a, a, b)
   assert all(float(other[k]) > 1e-3 for k in L.FACE_LOSSES), other
-  grads = jax.grad(lambda r: sum(L.face_network_losses(face_nets, r, a, a, b).values()))(b)
+  # Jitted: op-by-op, the backward pass through three networks takes five times as long.
+  grads = jax.jit(jax.grad(
+      lambda r: sum(L.face_network_losses(face_nets, r, a, a, b).values())))(b)
   assert np.isfinite(np.asarray(grads)).all() and float(jnp.abs(grads).sum()) > 0
-  fg = L.foreground(face_nets, a)
+  fg = jax.jit(lambda x: L.foreground(face_nets, x))(a)
   assert fg.shape == (2, R, R, 1) and 0 <= float(fg.min()) <= float(fg.max()) <= 1
 
 

@@ -169,9 +169,10 @@ def test_label_losses_train_the_encoder_and_labels_reach_the_decoder():
   imgs = {k: jnp.asarray(batch[k], jnp.float32) / 127.5 - 1.0 for k in IMAGE_KEYS}
   turned = labels.copy()
   turned[0, 1, 0] = 0.6
-  _, (_, (recon_a, _)) = task.generator_loss(gen, s.params["disc"], {**imgs, **lab},
-                                             jnp.float32(0.0))
-  _, (_, (recon_b, _)) = task.generator_loss(
+  # Jitted (one trace per task and rng presence): op by op, the generator takes minutes.
+  loss_fn = jax.jit(task.generator_loss, compiler_options=FAST_COMPILE)
+  _, (_, (recon_a, _)) = loss_fn(gen, s.params["disc"], {**imgs, **lab}, jnp.float32(0.0))
+  _, (_, (recon_b, _)) = loss_fn(
       gen, s.params["disc"], {**imgs, "motion_labels": turned, "labels_valid": valid},
       jnp.float32(0.0))
   assert float(jnp.abs(recon_a[0] - recon_b[0]).mean()) > 1e-3
@@ -179,11 +180,11 @@ def test_label_losses_train_the_encoder_and_labels_reach_the_decoder():
   # loss.dyn_swap = 1: the labelled driver is rendered with the source's free dynamics, the
   # unlabelled one is left alone; without an rng (validation, samples) nothing is swapped.
   cfg.loss.dyn_swap = 1.0
-  swap_task = LatentTask(cfg)
-  _, (m_swap, (recon_s, _)) = swap_task.generator_loss(gen, s.params["disc"], {**imgs, **lab},
-                                                       jnp.float32(0.0), jax.random.key(2))
-  _, (m_none, (recon_n, _)) = swap_task.generator_loss(gen, s.params["disc"], {**imgs, **lab},
-                                                       jnp.float32(0.0))
+  swap_loss = jax.jit(LatentTask(cfg).generator_loss, compiler_options=FAST_COMPILE)
+  _, (m_swap, (recon_s, _)) = swap_loss(gen, s.params["disc"], {**imgs, **lab},
+                                        jnp.float32(0.0), jax.random.key(2))
+  _, (m_none, (recon_n, _)) = swap_loss(gen, s.params["disc"], {**imgs, **lab},
+                                        jnp.float32(0.0))
   assert float(m_swap["g_dyn_swap_frac"]) == pytest.approx(0.5)
   assert "g_dyn_swap_frac" not in m_none
   np.testing.assert_allclose(recon_n, recon_a, atol=1e-6)

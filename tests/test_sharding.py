@@ -1,6 +1,7 @@
 """Mesh from config, logical-rule shardings of the parameters, and global batches."""
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -80,3 +81,18 @@ def test_to_global_batch_shapes_and_sharding():
   np.testing.assert_array_equal(np.asarray(batch["x"]), host["x"])
   spec = shd.global_batch_spec(host, mesh)
   assert spec["x"].shape == (16, 3) and spec["x"].sharding == batch["x"].sharding
+
+
+def test_a_dimension_the_mesh_does_not_divide_is_replicated():
+  mesh = shd.make_mesh(_config(data=1, fsdp=8).mesh)
+  # 320 rows over fsdp=256 is the v5e-256 case; here 12 over 8.
+  assert shd.divisible_spec(P("fsdp", "tensor"), (12, 32), mesh) == P(None, "tensor")
+  assert shd.divisible_spec(P("fsdp", "tensor"), (16, 32), mesh) == P("fsdp", "tensor")
+  assert shd.divisible_spec(P(("data", "fsdp")), (4,), mesh) == P(None)
+  assert shd.divisible_spec(P(), (3, 5), mesh) == P()
+  # Through state_shardings: the kernel that divides stays split, the other is replicated.
+  boxed = {k: nn.LogicallyPartitioned(jax.ShapeDtypeStruct((rows, 4), np.float32),
+                                      ("embed", "mlp"))
+           for k, rows in (("a", 16), ("b", 12))}
+  got = shd.state_shardings(boxed, mesh, shd.logical_rules(_config()))
+  assert got["a"].spec == P("fsdp", "tensor") and got["b"].spec == P(None, "tensor")

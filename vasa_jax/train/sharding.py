@@ -96,10 +96,27 @@ def state_shardings(abstract_state, mesh: Mesh, rules) -> Any:
     rules: logical -> mesh axis rules (`logical_rules(config)`).
 
   Returns:
-    A pytree shaped like `nn.unbox(abstract_state)` with a `NamedSharding` per leaf.
+    A pytree shaped like `nn.unbox(abstract_state)` with a `NamedSharding` per leaf. A
+    dimension the rules' mesh axes do not divide is replicated (`divisible_spec`).
   """
   specs = nn.get_partition_spec(abstract_state)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  return jax.tree.map(lambda sh, x: NamedSharding(mesh, divisible_spec(sh.spec, x.shape, mesh)),
+                      shardings, nn.unbox(abstract_state))
+
+
+def divisible_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+  """`spec` with the mesh axes dropped from each dimension they do not divide.
+
+  A 320-row kernel cannot be split 256 ways (pure FSDP on a v5e-256): that dimension is
+  replicated instead of the step failing to compile. The memory it costs shows in
+  `vasa-jax compile-check`.
+  """
+  out = []
+  for size, axes in zip(shape, spec):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    out.append(axes if size % math.prod(mesh.shape[a] for a in names) == 0 else None)
+  return P(*out)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
