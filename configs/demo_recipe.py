@@ -10,6 +10,10 @@ Variants:
                    in three legs (leg 1 without the mouth-region L1 and the dynamics swap; legs
                    2 and 3 add them, each decaying to its own end).
   latent_cpu_1..3  the first bundled stage 1 (16x16 volume) on the 2-core CPU (launch/train_demo.sh).
+  latent_face_tune the bundled stage 1 fine-tuned with the face-network losses on (identity,
+                   face-perceptual, lip/eye landmarks, foreground masks): a CPU-sized step
+                   toward retraining it with them (`--config.train.init_from=
+                   vasa_jax/assets/demo/latent`, MEAD's emotional clips of `silent/`).
   motion           the bundled stage 2 (configs/motion.py:demo as it is).
   motion_dev       the same with 8 more training people held out (DEMO_DEV_PERSONS): the run the
                    mouth scale is calibrated on.
@@ -44,7 +48,8 @@ _GPU = {"data.val_persons": [], "model.app_size": 32, "train.batch_size": 32, "o
 _NO_FACE_NETS = {"loss.face_id": 0.0, "loss.face_perceptual": 0.0, "loss.face_landmark": 0.0,
                  "loss.foreground_mask": False}
 VARIANTS = tuple([f"latent_{where}_{leg}" for where in _LEGS for leg in _LEGS[where]]
-                 + ["motion", "motion_dev", "motion_cpu", "motion_fer", "motion_fer_tune"])
+                 + ["latent_face_tune", "motion", "motion_dev", "motion_cpu", "motion_fer",
+                    "motion_fer_tune"])
 # Fine-tuning the bundled stage 2: a short schedule, and an EMA short enough to move off the
 # starting point within it (0.999 would keep ~74% of the start after 300 steps).
 _TUNE = {"train.num_steps": 300, "optim.lr": 1e-4, "optim.warmup_steps": 30,
@@ -65,6 +70,11 @@ def get_config(arg=None):
   arg = arg or "motion"
   if arg not in VARIANTS:
     raise ValueError(f"Unknown demo recipe {arg!r}; choose one of {VARIANTS}")
+  if arg == "latent_face_tune":  # the GPU model as the last leg left it, face losses on
+    config = _set(latent.get_config("demo"), {**_GPU, **_LEGS["gpu"][3]})
+    # The encoder stays frozen so the motion space, and with it the bundled stage 2, holds.
+    return _set(config, {**_TUNE, "train.batch_size": 8, "train.log_every": 10,
+                         "data.worker_count": 2, "optim.freeze": "gen/encoder"})
   if arg.startswith("latent_"):
     _, where, leg = arg.split("_")
     config = latent.get_config("demo")

@@ -39,6 +39,12 @@ _DEV = ('data.val_persons=["bob_menendez","aoc","bill_skarsgard","cremad_1001",'
      _NO_FACE + ["train.num_steps=1200", "loss.dyn_swap=0", "loss.mouth_l1=0"]),
     ("latent_cpu_2", "latent.py:demo", _NO_FACE + ["train.num_steps=2100", "loss.mouth_l1=0"]),
     ("latent_cpu_3", "latent.py:demo", _NO_FACE + ["train.num_steps=3000", "optim.lr=6e-4"]),
+    # The bundled GPU model fine-tuned with the face losses on, its encoder frozen.
+    ("latent_face_tune", "latent.py:demo",
+     _GPU[len(_NO_FACE):] + ["train.num_steps=300", "optim.lr=1e-4", "optim.warmup_steps=30",
+                             "optim.ema_decay=0.99", "train.ckpt_every=100",
+                             "train.batch_size=8", "train.log_every=10", "data.worker_count=2",
+                             "optim.freeze=gen/encoder"]),
     # The bundled stage 2 learnt the emotion control from file names only (issue 19).
     ("motion", "motion.py:demo", ["data.network_emotions=False"]),
     ("motion_dev", "motion.py:demo", [_DEV, "data.network_emotions=False"]),

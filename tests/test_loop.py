@@ -270,6 +270,13 @@ def test_warm_start_keeps_fresh_parameters_the_source_lacks(monkeypatch):
                       lambda path, ema=True: (None, {"gen": {"gone": np.zeros(1)}}))
   with pytest.raises(VasaInputError, match="1 parameters it lacks"):
     loop.warm_start(state, "other_model")
+  # A stage 1 export holds the generator alone, without the "gen/" level.
+  monkeypatch.setattr(ckpt_lib, "load_params",
+                      lambda path, ema=True: (None, {"a": np.ones((2, 3)), "new": np.ones(4)}))
+  out = loop.warm_start(state, "export")
+  np.testing.assert_array_equal(out.params["gen"]["a"], 1.0)
+  np.testing.assert_array_equal(out.params["gen"]["new"], 1.0)
+  np.testing.assert_array_equal(out.params["disc"]["d"], 1.0)
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(full_run, stopped_run,

@@ -153,6 +153,12 @@ def warm_start(state, init_from: str):
   _, loaded = ckpt_lib.load_params(init_from, ema=True)
   got = _by_path(loaded)
   fresh = _by_path(state.params)
+  if got and not any(k in fresh for k in got):
+    # An export holds the inference subtree alone (stage 1: the generator, without "gen/").
+    for top in sorted({k[0] for k in fresh}):
+      if all((top, *k) in fresh for k in got):
+        got = {(top, *k): v for k, v in got.items()}
+        break
   show = lambda keys: ["/".join(k) for k in keys[:3]]  # noqa: E731
   unknown = sorted(k for k in got if k not in fresh)
   wrong = sorted(k for k in got if k in fresh and np.shape(got[k]) != np.shape(fresh[k]))
