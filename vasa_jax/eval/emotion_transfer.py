@@ -92,12 +92,11 @@ def run(portraits: Sequence[str], drivers: Sequence[str], out_dir: str | os.Path
   from PIL import Image
   from tqdm import tqdm
 
-  from vasa_jax.constants import FPS
-  from vasa_jax.data import emotion_labels, face_crop, face_labels, media
+  from vasa_jax.data import emotion_labels
   from vasa_jax.eval.emotion_control import grid_image, summarize
   from vasa_jax.inference.extract_motion import load_face_model
   from vasa_jax.inference.pipeline_io import DEFAULT_CHECKPOINT
-  from vasa_jax.inference.reenact import reenact_frames
+  from vasa_jax.inference.reenact import crop_driver, crop_source, reenact_frames
   from vasa_jax.models import layers
 
   if not portraits:
@@ -109,16 +108,12 @@ def run(portraits: Sequence[str], drivers: Sequence[str], out_dir: str | os.Path
   config, model, params = load_face_model(checkpoint or DEFAULT_CHECKPOINT)
   r = int(config.model.resolution)
   face_cfg = layers.as_face_config(config.model)
-
-  def labels(landmarks):
-    return face_labels.landmark_labels(landmarks, r, face_cfg)
-
-  sources = {}
+  sources = {}  # {portrait: (crop (R, R, 3), its motion labels)}
   for path in portraits:
     name = pathlib.Path(path).stem
     if name in sources:
       raise VasaInputError(f"--portraits: two portraits are named {name!r}; rename one.")
-    sources[name] = face_crop.crop_image(media.read_image(path), r, source=str(path))
+    sources[name] = crop_source(path, r, face_cfg)
   rendered = {n: {} for n in sources}  # {portrait: {emotion: (sum T, 7)}}
   real = {REAL_ROW: {}}
   grid = {n: [] for n in [REAL_ROW, *sources]}  # middle frames of each emotion's first clip
@@ -126,16 +121,14 @@ def run(portraits: Sequence[str], drivers: Sequence[str], out_dir: str | os.Path
              disable=not progress)
   for emo, paths in groups.items():
     for path in paths:
-      video = media.read_video(path, fps=float(FPS), max_side=640)
-      drv = face_crop.crop_clip(video.frames[:max_frames], r, source=str(path), progress=False)
-      real[REAL_ROW].setdefault(emo, []).append(emotion_labels.clip_probs(nets, drv.frames))
+      _, drv, drv_labels = crop_driver(path, r, face_cfg, max_frames=max_frames)
+      real[REAL_ROW].setdefault(emo, []).append(emotion_labels.clip_probs(nets, drv))
       first = path == paths[0]
       if first:
-        grid[REAL_ROW].append(drv.frames[len(drv.frames) // 2])
-      for name, src in sources.items():
-        frames = reenact_frames(model, params, src.image, drv.frames,
-                                source_labels=labels(src.landmarks[None]),
-                                driver_labels=labels(drv.landmarks))
+        grid[REAL_ROW].append(drv[len(drv) // 2])
+      for name, (src, src_labels) in sources.items():
+        frames = reenact_frames(model, params, src, drv, source_labels=src_labels,
+                                driver_labels=drv_labels)
         rendered[name].setdefault(emo, []).append(emotion_labels.clip_probs(nets, frames))
         if first:
           grid[name].append(frames[len(frames) // 2])

@@ -70,6 +70,23 @@ def reenact_frames(model, params, source_crop: np.ndarray, driver_crops: np.ndar
   return np.concatenate(out)
 
 
+def crop_source(path, resolution: int, face_cfg) -> tuple[np.ndarray, tuple]:
+  """A portrait cropped as in training, (R, R, 3), and its motion labels ((1, 5), (1,)): the face
+  mesh's pose and mouth (all invalid without `label_motion`)."""
+  src = face_crop.crop_image(media.read_image(path), resolution, source=str(path))
+  return src.image, face_labels.landmark_labels(src.landmarks[None], resolution, face_cfg)
+
+
+def crop_driver(path, resolution: int, face_cfg, *, max_frames: int | None = None,
+                progress: bool = False) -> tuple[media.Video, np.ndarray, tuple]:
+  """A driving clip read at FPS and cropped as in training: (the video, crops (T, R, R, 3), their
+  motion labels ((T, 5), (T,))), from its first `max_frames` frames (None: all)."""
+  video = media.read_video(path, fps=float(FPS), max_side=640)
+  drv = face_crop.crop_clip(video.frames[:max_frames], resolution, source=str(path),
+                            progress=progress)
+  return video, drv.frames, face_labels.landmark_labels(drv.landmarks, resolution, face_cfg)
+
+
 def reenact(checkpoint, source, driving, out, *, relative: bool = False) -> str:
   """Reads the inputs, crops them as in training, renders and writes `out` with the driver's
   audio (when it has any).
@@ -85,13 +102,10 @@ def reenact(checkpoint, source, driving, out, *, relative: bool = False) -> str:
   config, model, params = load_face_model(checkpoint)
   r = int(config.model.resolution)
   face_cfg = layers.as_face_config(config.model)
-  src = face_crop.crop_image(media.read_image(source), r, source=str(source))
-  video = media.read_video(driving, fps=float(FPS), max_side=640)
-  drv = face_crop.crop_clip(video.frames, r, source=str(driving), progress=True)
-  # The face mesh's pose and mouth, as in training (all invalid without `label_motion`).
-  frames = reenact_frames(model, params, src.image, drv.frames, relative=relative,
-                          source_labels=face_labels.landmark_labels(src.landmarks[None], r, face_cfg),
-                          driver_labels=face_labels.landmark_labels(drv.landmarks, r, face_cfg))
+  src, src_labels = crop_source(source, r, face_cfg)
+  video, drv, drv_labels = crop_driver(driving, r, face_cfg, progress=True)
+  frames = reenact_frames(model, params, src, drv, relative=relative,
+                          source_labels=src_labels, driver_labels=drv_labels)
   media.write_video(out, frames, fps=float(FPS), audio=video.audio, sr=SAMPLE_RATE)
   print(f"Wrote {out}: {len(frames)} frames")
   return str(out)
